@@ -1,0 +1,61 @@
+"""`qalign`: llamafactory-cli with qalign's stages registered, plus qalign's own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from qalign.errors import QalignError
+
+# Sub-commands handed to LLaMA-Factory's launcher unchanged (after qalign registers its stages).
+LLAMAFACTORY_COMMANDS = ("train", "chat", "export", "webui", "webchat", "api", "env", "version")
+
+
+def run_llamafactory(argv: list[str]) -> int:
+    """Run `llamafactory-cli ARGV...` in this process, with qalign's extensions registered first."""
+    from qalign.register import register_all; register_all()  # noqa: E702, I001 (one line: register first)
+    from llamafactory.cli import main as llamafactory_main
+
+    sys.argv = ["llamafactory-cli", *argv]
+    llamafactory_main()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qalign.converters.cli import add_convert_parser
+    from qalign.evaluators.cli import add_eval_parsers
+    from qalign.model_setup import add_model_parser
+
+    parser = argparse.ArgumentParser(
+        prog="qalign",
+        description="Align LLMs for retrieval-augmented QA. LLaMA-Factory commands ("
+        + ", ".join(LLAMAFACTORY_COMMANDS)
+        + ") pass through, e.g. `qalign train recipes/smollm2-135m/sft.yaml key=value`.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in LLAMAFACTORY_COMMANDS:
+        sub.add_parser(name, help=f"LLaMA-Factory `{name}` (run `qalign {name} -h` for its options)", add_help=False)
+    add_convert_parser(sub)
+    add_eval_parsers(sub)
+    add_model_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LLAMAFACTORY_COMMANDS:
+        return run_llamafactory(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except QalignError as exc:
+        print(f"qalign: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Raw QA records -> LLaMA-Factory datasets registered in dataset_info.json."""

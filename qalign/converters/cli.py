@@ -1,0 +1,138 @@
+"""`qalign convert <format> ...`: one sub-command per output format.
+
+Adding a format (preference, kto, grpo, cot) = a module with a `convert_<format>(...) -> ConversionResult`
+function, plus one `Subcommand` in `SUBCOMMANDS` below: `add_common_arguments` gives it the shared options and
+`_execute` prints the summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from qalign.converters.registry import ConversionResult
+
+_INPUT_HELP = (
+    "DPR/FiD records {question, answers, ctxs:[{title, text}]} or NQ-open records {question, answer:[...]} "
+    "as .json/.jsonl, optionally .gz; or a Hugging Face dataset id owner/name (needs network)"
+)
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One `qalign convert` format: its CLI text, its extra options and the function that runs it."""
+
+    name: str
+    help: str
+    description: str
+    run: Callable[[argparse.Namespace], ConversionResult]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, passages: bool = True) -> None:
+    """The options every converter shares: input, dataset name and folder, prompt, limits, strictness."""
+    parser.add_argument("--input", required=True, metavar="FILE_OR_HF_ID", help=_INPUT_HELP)
+    parser.add_argument("--dataset", required=True, metavar="NAME",
+                        help="dataset name: written to DIR/data/NAME.json and registered in DIR/dataset_info.json")
+    if passages:
+        parser.add_argument("--top-k", type=_count, default=5, metavar="K",
+                            help="passages per prompt, taken from the start of ctxs (default: 5; 0 = closed book)")
+        parser.add_argument("--prompt", default="answer_only", metavar="NAME_OR_FILE",
+                            help="template name in recipes/prompts/ (answer_only, think_then_answer, closed_book) "
+                                 "or a .txt file with {question} and {passages} (default: answer_only)")
+    parser.add_argument("--limit", type=_count, default=None, metavar="N",
+                        help="stop after N usable records (after de-duplication)")
+    parser.add_argument("--split", default="train", help="split to read from a Hugging Face dataset (default: train)")
+    parser.add_argument("--dataset-dir", default=".", metavar="DIR",
+                        help="LLaMA-Factory dataset_dir holding dataset_info.json (default: current folder)")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on a record without question or answers instead of skipping and counting it")
+
+
+def summary_line(result: ConversionResult) -> str:
+    """`wrote N rows to PATH; D duplicates dropped, S skipped without answers[, Q without a question]`."""
+    stats = result.stats
+    line = (f"wrote {result.rows} rows to {result.path} (dataset '{result.name}'); "
+            f"{stats.duplicates} duplicates dropped, {stats.skipped_no_answer} skipped without answers")
+    if stats.skipped_no_question:
+        line += f", {stats.skipped_no_question} skipped without a question"
+    return line
+
+
+def _execute(run: Callable[[argparse.Namespace], ConversionResult]) -> Callable[[argparse.Namespace], int]:
+    def func(args: argparse.Namespace) -> int:
+        result = run(args)
+        if result.stats.skipped_locations:
+            print("qalign: skipped records, e.g. " + ", ".join(result.stats.skipped_locations), file=sys.stderr)
+        print(summary_line(result))
+        return 0
+
+    return func
+
+
+def _run_alpaca(args: argparse.Namespace) -> ConversionResult:
+    from qalign.converters.alpaca import convert_alpaca
+
+    return convert_alpaca(args.input, args.dataset, dataset_dir=args.dataset_dir, top_k=args.top_k,
+                          prompt=args.prompt, answer=args.answer, limit=args.limit, split=args.split,
+                          strict=args.strict)
+
+
+def _alpaca_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--answer", choices=("first", "shortest"), default="first",
+                        help="which gold alias becomes the training target (default: first)")
+
+
+def _run_eval(args: argparse.Namespace) -> ConversionResult:
+    from qalign.converters.eval_set import convert_eval
+
+    return convert_eval(args.input, args.dataset, dataset_dir=args.dataset_dir, top_k=args.top_k,
+                        prompt=args.prompt, limit=args.limit, split=args.split, strict=args.strict)
+
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand(
+        "alpaca", "SFT data: prompt with passages -> one short answer",
+        "Write alpaca-format SFT rows {id, question, instruction, input, output} to DIR/data/NAME.json and "
+        "register NAME (kind sft) in DIR/dataset_info.json. Duplicate questions are dropped; records without "
+        "answers are skipped and counted (or fail with --strict). Example: qalign convert alpaca "
+        "--input ../shared/data/nq-open-top5.train.jsonl.gz --dataset nq-top5-train",
+        _run_alpaca, _alpaca_arguments,
+    ),
+    Subcommand(
+        "eval", "evaluation data: prompts plus every gold alias",
+        "Write eval rows {id, question, instruction, input, output, answers} to DIR/data/NAME.json and register "
+        "NAME (kind eval). Warns when its questions also appear in a registered training dataset. Example: "
+        "qalign convert eval --input ../shared/data/nq-open-top5.dev.jsonl.gz --dataset nq-top5-dev",
+        _run_eval,
+    ),
+]
+
+
+def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `convert` with one sub-command per entry of `SUBCOMMANDS`."""
+    convert = subparsers.add_parser(
+        "convert", help="raw QA records -> LLaMA-Factory datasets (registered in dataset_info.json)",
+        description="Convert QA records (DPR/FiD, NQ-open, or a Hugging Face dataset) into LLaMA-Factory datasets.",
+    )
+    formats = convert.add_subparsers(dest="convert_format", metavar="FORMAT")
+    for spec in SUBCOMMANDS:
+        sub = formats.add_parser(spec.name, help=spec.help, description=spec.description)
+        add_common_arguments(sub)
+        if spec.add_arguments:
+            spec.add_arguments(sub)
+        sub.set_defaults(func=_execute(spec.run))
+    convert.set_defaults(func=lambda args: convert.print_help() or 2)
+    return convert

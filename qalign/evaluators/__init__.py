@@ -1,0 +1,1 @@
+"""Scoring predictions against gold answer aliases: SubEM, EM, F1 (SQuAD / FlashRAG conventions)."""

@@ -1,0 +1,98 @@
+"""Reading JSON/JSONL(.gz) with file:line errors, and atomic writes (temp file + rename)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from qalign.errors import QalignError
+
+
+def _open_text(path: Path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    return opener(path, "rt", encoding="utf-8")
+
+
+def _is_jsonl(path: Path) -> bool:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return name.endswith(".jsonl")
+
+
+def iter_json_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_number, object) from a .json (list of objects) or .jsonl file, optionally gzipped.
+
+    For a .json file the "line number" is the 1-based index of the object in the list.
+    Errors name the file and line and say how to fix them.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise QalignError(f"{path}: file not found. Check the path (relative paths are read from {Path.cwd()}).")
+    try:
+        with _open_text(path) as handle:
+            if _is_jsonl(path):
+                for lineno, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise QalignError(
+                            f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}). "
+                            "Each line of a .jsonl file must be one complete JSON object; fix or delete that line."
+                        ) from None
+                    if not isinstance(obj, dict):
+                        raise QalignError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}.")
+                    yield lineno, obj
+            else:
+                try:
+                    data = json.load(handle)
+                except json.JSONDecodeError as exc:
+                    raise QalignError(
+                        f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno}). "
+                        "A .json file must hold one JSON list of objects (use .jsonl for one object per line)."
+                    ) from None
+                if isinstance(data, dict):
+                    data = [data]
+                if not isinstance(data, list):
+                    raise QalignError(f"{path}:1: expected a JSON list of objects, got {type(data).__name__}.")
+                for index, obj in enumerate(data, start=1):
+                    if not isinstance(obj, dict):
+                        raise QalignError(f"{path}:{index}: item {index} is {type(obj).__name__}, expected an object.")
+                    yield index, obj
+    except UnicodeDecodeError as exc:
+        raise QalignError(
+            f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start} of a chunk). "
+            "Re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`."
+        ) from None
+    except (OSError, EOFError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise QalignError(f"{path}: cannot read ({exc}). Is it a complete, uncorrupted file?") from None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to path via a temp file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should read like any other file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
