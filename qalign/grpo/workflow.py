@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 ANSWERS_COLUMN = "answers"
 
 
+def _logger():  # under LLaMA-Factory's root logger: its stdout handler and LLaMA-Board's running log see it
+    from llamafactory.extras import logging
+
+    return logging.get_logger("llamafactory.qalign.grpo")
+
+
 def train_grpo(config: dict[str, Any]) -> None:
     """The `stage: grpo` branch of LLaMA-Factory's `tuner._training_function`: parse, add its callbacks, train."""
     import torch.distributed as dist
@@ -34,6 +40,7 @@ def train_grpo(config: dict[str, Any]) -> None:
     lf_args, grpo_raw = split_grpo_args(config.get("args"))
     grpo_args = parse_grpo_args(grpo_raw)  # cheap, so argument errors come before any loading
     model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(lf_args)
+    _logger().info(f"qalign GRPO stage: rank {training_args.process_index} of {training_args.world_size}")
     callbacks = list(config.get("callbacks") or [])
     callbacks.append(LogCallback())  # writes trainer_log.jsonl (LLaMA-Board progress, `reward` column)
     if finetuning_args.use_swanlab:
@@ -113,9 +120,8 @@ def build_prompt_dataset(
     """A `{"prompt", "answers"}` dataset: prompts as LLaMA-Factory renders them for predict, plus the gold aliases."""
     from datasets import Dataset
     from llamafactory.data import get_dataset
-    from llamafactory.extras import logging
 
-    logger = logging.get_logger(__name__)
+    logger = _logger()
     tokenizer = tokenizer_module["tokenizer"]
     encoded = get_dataset(template, model_args, data_args, training_args, stage="ppo", **tokenizer_module)
     encoded = encoded["train_dataset"]
@@ -148,7 +154,6 @@ def build_prompt_dataset(
 def load_answer_rows(data_args: DataArguments) -> list[tuple[str, str, list[str]]]:
     """(file:row, output text, gold aliases) per row, in the order LLaMA-Factory loads `data_args.dataset`."""
     from llamafactory.data.parser import get_dataset_list
-    from llamafactory.extras import logging
 
     rows: list[tuple[str, str, list[str]]] = []
     fallback = 0
@@ -170,7 +175,7 @@ def load_answer_rows(data_args: DataArguments) -> list[tuple[str, str, list[str]
                 golds, fallback = [response], fallback + 1
             rows.append((f"{path}:{line}", str(response), [str(g) for g in golds]))
     if fallback:
-        logging.get_logger(__name__).warning_rank0(
+        _logger().warning_rank0(
             f"{fallback} GRPO row(s) have no `{ANSWERS_COLUMN}` list; their `output` is the only gold alias."
         )
     return rows

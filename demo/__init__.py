@@ -1,0 +1,1 @@
+"""The Streamlit inference page (`make demo`): demo/app.py, with its logic in logic.py and engine.py."""

@@ -1,0 +1,295 @@
+"""Sample N completions per question with LLaMA-Factory's chat template, cached in a resumable jsonl sidecar.
+
+Prompts are encoded with the template training uses (`template.encode_oneturn`), so mined samples answer exactly
+the prompt the model will be trained on. Randomness is keyed by (seed, question id, sample index): every row of a
+batch adds Gumbel noise from its own generator and is decoded greedily, which samples from softmax(logits / T)
+after top-p. A question's samples therefore do not depend on its batch neighbours, on `--batch-size`, or on
+whether the run was interrupted (left padding can still move logits in the last bits, so a token at a near-tie
+may rarely differ between batchings).
+
+Cache `DIR/data/NAME.samples.jsonl`: line 1 holds the sampling settings, then one line per finished question
+{id, question, answers, prompt, samples: [{text, subem, em, f1}]}, appended and flushed per question. A rerun
+skips cached ids; an unterminated last line (a killed run) is discarded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from qalign.converters.prompts import load_prompt, render_prompt
+from qalign.converters.records import LoadStats, load_records
+from qalign.errors import QalignError
+from qalign.evaluators.metrics import f1_score, score_all, substring_exact_match
+
+Strategy = Literal["subem", "f1"]
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How samples are drawn; every field except `batch_size` and `device` is recorded in the cache header."""
+
+    model: str
+    adapter: str | None = None
+    template: str = "smollm2"
+    num_samples: int = 8
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 32
+    seed: int = 42
+    batch_size: int = 4
+    device: str = "auto"
+
+    def header(self) -> dict[str, Any]:
+        settings = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device")}
+        return {"qalign_samples": CACHE_FORMAT, **settings}
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question to sample for: its stable id, gold aliases and the rendered prompt."""
+
+    id: str
+    question: str
+    answers: list[str]
+    prompt: str
+
+
+def is_correct(text: str, answers: list[str], strategy: Strategy = "subem", threshold: float = 0.5) -> bool:
+    """`subem`: some gold alias occurs in the answer; `f1`: token F1 >= threshold."""
+    if strategy == "subem":
+        return substring_exact_match(text, answers) == 1.0
+    if strategy == "f1":
+        return f1_score(text, answers) >= threshold
+    raise ValueError(f"unknown strategy {strategy!r}; use subem or f1")
+
+
+def default_cache_path(dataset_dir: str | Path, name: str) -> Path:
+    return Path(dataset_dir) / "data" / f"{name}.samples.jsonl"
+
+
+def read_cache(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]], int]:
+    """(header or None, finished rows by id, byte length of the complete prefix) of a sample cache.
+
+    An unterminated last line is what a killed writer leaves: it is ignored (and cut off by the next append).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None, {}, 0
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    header, rows = None, {}
+    for lineno, line in enumerate(data[:complete].split(b"\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise QalignError(
+                f"{path}:{lineno}: malformed sample line ({exc}). Delete that line to regenerate it.") from None
+        if isinstance(obj, dict) and "qalign_samples" in obj:
+            header = obj
+        elif isinstance(obj, dict) and isinstance(obj.get("id"), str) and isinstance(obj.get("samples"), list):
+            rows[obj["id"]] = obj
+        else:
+            raise QalignError(f"{path}:{lineno}: expected {{id, samples, ...}}. Delete that line to regenerate it.")
+    return header, rows, complete
+
+
+def row_seed(seed: int, question_id: str, index: int) -> int:
+    """A 63-bit generator seed for sample `index` of `question_id`."""
+    digest = hashlib.sha256(f"{seed}\0{question_id}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _row_noise(seeds: list[int]):
+    """A LogitsProcessor adding Gumbel noise, one generator per row: greedy decoding then samples."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class RowGumbelNoise(LogitsProcessor):
+        def __init__(self) -> None:
+            self.generators: list[torch.Generator] | None = None
+
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            if self.generators is None:
+                self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in seeds]
+            noise = torch.empty_like(scores, dtype=torch.float32)
+            for row, generator in enumerate(self.generators):
+                noise[row].exponential_(generator=generator)
+            # -log(Exp(1)) is Gumbel(0, 1); the clamp keeps log finite; -inf logits (top-p) stay -inf
+            return scores - noise.clamp_(min=1e-20).log().to(scores.dtype)
+
+    return RowGumbelNoise()
+
+
+class Sampler:
+    """A model + tokenizer + template loaded the LLaMA-Factory way (LoRA adapters applied)."""
+
+    def __init__(self, config: SamplingConfig) -> None:
+        from llamafactory.data import get_template_and_fix_tokenizer
+        from llamafactory.hparams import get_infer_args
+        from llamafactory.model import load_model, load_tokenizer
+
+        if config.temperature <= 0 or not 0 < config.top_p <= 1 or config.num_samples < 1:
+            raise QalignError("need --temperature > 0, 0 < --top-p <= 1 and --num-samples >= 1.")
+        args: dict[str, Any] = {"model_name_or_path": config.model, "template": config.template,
+                                "finetuning_type": "lora"}
+        if config.adapter:
+            args["adapter_name_or_path"] = config.adapter
+        try:
+            model_args, data_args, finetuning_args, _ = get_infer_args(args)
+        except ValueError as exc:
+            raise QalignError(f"cannot set up {config.model} with template {config.template}: {exc}") from None
+        if config.device != "auto":
+            model_args.device_map = {"": config.device}
+        self.config = config
+        self.tokenizer = load_tokenizer(model_args)["tokenizer"]
+        self.template = get_template_and_fix_tokenizer(self.tokenizer, data_args)
+        self.model = load_model(self.tokenizer, model_args, finetuning_args, is_trainable=False)
+        # the same stop set as LLaMA-Factory's chat engine: eos plus the template's stop words
+        self.stop_ids = self.template.get_stop_token_ids(self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+
+    def encode(self, prompt: str) -> list[int]:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
+        return self.template.encode_oneturn(self.tokenizer, messages)[0]
+
+    def sample(self, questions: list[Question]) -> list[list[str]]:
+        """`num_samples` completions for each question, in one left-padded `generate` call."""
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        n, cfg = self.config.num_samples, self.config
+        encoded = [self.encode(q.prompt) for q in questions]
+        width = max(map(len, encoded))
+        rows = [[self.pad_id] * (width - len(ids)) + ids for ids in encoded for _ in range(n)]
+        mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded for _ in range(n)]
+        device = self.model.device
+        processors = [TemperatureLogitsWarper(cfg.temperature)]
+        if cfg.top_p < 1:
+            processors.append(TopPLogitsWarper(cfg.top_p))
+        processors.append(_row_noise([row_seed(cfg.seed, q.id, j) for q in questions for j in range(n)]))
+        generation = GenerationConfig(do_sample=False, max_new_tokens=cfg.max_new_tokens,
+                                      eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=torch.tensor(rows, device=device), attention_mask=torch.tensor(mask, device=device),
+                generation_config=generation, logits_processor=LogitsProcessorList(processors),
+                use_model_defaults=False,  # the model's own sampling defaults must not switch do_sample back on
+            )
+        texts = [self._decode(ids) for ids in output[:, width:].tolist()]
+        return [texts[i * n:(i + 1) * n] for i in range(len(questions))]
+
+    def _decode(self, ids: list[int]) -> str:
+        stops = set(self.stop_ids)
+        end = next((i for i, token in enumerate(ids) if token in stops), len(ids))
+        return self.tokenizer.decode(ids[:end], skip_special_tokens=True).strip()
+
+
+def _cache_row(question: Question, texts: list[str]) -> dict[str, Any]:
+    samples = [{"text": text, **score_all(text, question.answers)} for text in texts]
+    return {"id": question.id, "question": question.question, "answers": question.answers,
+            "prompt": question.prompt, "samples": samples}
+
+
+def _check_header(path: Path, header: dict[str, Any] | None, rows: dict, wanted: dict[str, Any]) -> None:
+    if header is None and rows:
+        raise QalignError(f"{path}:1: no settings header, so new samples could not match the cached ones. "
+                          "Move the file away (or pass it with --samples and no --model to only read it).")
+    if header is not None and header != wanted:
+        diff = ", ".join(f"{k}: {header.get(k)!r} -> {v!r}" for k, v in wanted.items() if header.get(k) != v)
+        raise QalignError(f"{path}:1: cached samples were drawn with other settings ({diff}). Use the cached "
+                          "settings, another --dataset/--samples file, or delete the file to start afresh.")
+
+
+def ensure_samples(questions: list[Question], cache: str | Path, config: SamplingConfig | None) -> dict[str, list[str]]:
+    """Sample texts by question id: read from `cache`, generating (and appending) what is missing."""
+    cache = Path(cache)
+    header, rows, complete = read_cache(cache)
+    for q in questions:
+        if q.id in rows and rows[q.id].get("prompt") != q.prompt:
+            raise QalignError(f"{cache}: question {q.id} was sampled with another prompt. Use the same --prompt and "
+                              "--top-k as that run, or another --samples file.")
+    missing = [q for q in questions if q.id not in rows]
+    if missing and config is None:
+        raise QalignError(f"{cache}: {len(missing)} of {len(questions)} questions have no cached samples "
+                          f"(e.g. {missing[0].id}). Pass --model to generate them.")
+    if missing:
+        _check_header(cache, header, rows, config.header())
+        if rows:
+            print(f"qalign: resuming {cache}: {len(questions) - len(missing)} of {len(questions)} questions cached")
+        _generate(missing, cache, config, complete, write_header=header is None)
+        rows.update(read_cache(cache)[1])
+    return {q.id: [s["text"] for s in rows[q.id]["samples"]] for q in questions}
+
+
+def _generate(missing: list[Question], cache: Path, config: SamplingConfig, complete: int, write_header: bool) -> None:
+    sampler = Sampler(config)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with cache.open("ab") as handle, tqdm(total=len(missing), desc="sampling", unit=" q", disable=None) as bar:
+        handle.truncate(complete)  # drop a partial line left by a killed run
+        if write_header:
+            handle.write((json.dumps(config.header()) + "\n").encode())
+        for start in range(0, len(missing), max(config.batch_size, 1)):
+            batch = missing[start:start + max(config.batch_size, 1)]
+            for question, texts in zip(batch, sampler.sample(batch), strict=True):
+                handle.write((json.dumps(_cache_row(question, texts), ensure_ascii=False) + "\n").encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+            bar.update(len(batch))
+
+
+def load_questions(source: str, *, top_k: int, prompt: str, limit: int | None, split: str,
+                   strict: bool) -> tuple[list[Question], LoadStats]:
+    """Records of `source` with their rendered prompts (ids must be unique: they key the cache)."""
+    template = load_prompt(prompt)
+    records, stats = load_records(source, strict, split=split, limit=limit)
+    questions = [Question(r.id, r.question, r.answers, render_prompt(template, r, top_k)) for r in records]
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise QalignError(f"{source}: id {dup!r} is used by several questions; sample caches are keyed by id. "
+                          "Make the ids unique or drop the 'id' field.")
+    return questions, stats
+
+
+def sampling_config(args: argparse.Namespace) -> SamplingConfig | None:
+    """The SamplingConfig of parsed CLI options (None without --model: cached samples only)."""
+    if not args.model:
+        return None
+    return SamplingConfig(model=args.model, adapter=args.adapter, template=args.template,
+                          num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+                          device=args.device)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `convert preference` and `convert kto`: the model, sampling, cache and scoring."""
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--model", help="model folder or hub id to sample from (not needed when --samples "
+                                       "already holds every question)")
+    group.add_argument("--adapter", help="LoRA adapter folder(s), comma-separated, applied on --model")
+    group.add_argument("--template", default="smollm2", help="LLaMA-Factory chat template (default: smollm2)")
+    group.add_argument("--num-samples", type=int, default=8, metavar="N", help="completions per question (8)")
+    group.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (1.0)")
+    group.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling (0.95)")
+    group.add_argument("--max-new-tokens", type=int, default=32, metavar="K", help="tokens per completion (32)")
+    group.add_argument("--batch-size", type=int, default=4, metavar="B", help="questions per generate call (4)")
+    group.add_argument("--seed", type=int, default=42, help="seed; samples depend on (seed, question id) (42)")
+    group.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
+    group.add_argument("--samples", metavar="FILE", help="sample cache to read/resume (default: "
+                                                         "DIR/data/NAME.samples.jsonl); reuse another run's here")
+    group.add_argument("--strategy", choices=("subem", "f1"), default="subem",
+                       help="what counts as a correct sample: a gold alias inside it (subem, default) or "
+                            "F1 >= --threshold (f1)")
+    group.add_argument("--threshold", type=float, default=0.5, help="F1 threshold of --strategy f1 (0.5)")
