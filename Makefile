@@ -28,13 +28,41 @@ MAX_STEPS  ?= 30
 BATCH      ?= 4
 TRAIN_ARGS ?=
 PREDICT_ARGS ?=
-METHODS    ?= base sft
+METHODS    ?= base sft dpo orpo kto grpo
 
-.PHONY: help install test lint model data sft predict eval report pipeline webui clean
+# preference data (DPO/ORPO/KTO) is mined from the model's own samples. PREF_FROM=base trains from the base model;
+# PREF_FROM=sft mines from the SFT adapter and continues it (run `make sft` first)
+PREF_FROM   ?= base
+PREF_SET    ?= nq_pref$(if $(filter sft,$(PREF_FROM)),_sft)
+KTO_SET     ?= nq_kto$(if $(filter sft,$(PREF_FROM)),_sft)
+NUM_SAMPLES ?= 4
+PREF_LIMIT  ?= $(TRAIN_LIMIT)
+PREF_STEPS  ?= $(MAX_STEPS)
+TEMPLATE    ?= $(shell sed -n 's/^template: *//p' $(RECIPES)/sft.yaml)
+MINE_ARGS   ?=
+PREF_ADAPTER = $(if $(filter sft,$(PREF_FROM)),$(OUT)/sft)
+# from SFT: continue its adapter; DPO/KTO's reference is base + the same adapter (ORPO has none and ignores it)
+PREF_START   = $(if $(PREF_ADAPTER),adapter_name_or_path=$(PREF_ADAPTER) ref_model=$(MODEL) ref_model_adapters=$(PREF_ADAPTER))
+
+# GRPO: prompts + all aliases (an eval-style set made from the train file); the batch holds whole groups
+GRPO_SET   ?= nq_grpo
+GRPO_BATCH ?= 8
+GRPO_STEPS ?= $(MAX_STEPS)
+SWEEP_ARGS ?=
+
+# the method comparison (recipes/<model>/study.yaml); MODEL / NQ given on the command line override the study file's
+STUDY      ?= $(RECIPES)/study.yaml
+SEEDS      ?=
+STUDY_METHODS ?=
+STUDY_ARGS ?=
+
+.PHONY: help install test lint model data sft pref-data dpo orpo kto grpo-data grpo grpo-sweep predict eval report pipeline study demo webui clean
 
 help:
-	@echo "make install | model | data | sft | predict | eval | report | pipeline | test | lint | webui"
+	@echo "make install | model | data | sft | pref-data | dpo | orpo | kto | grpo | grpo-sweep | predict | eval | report"
+	@echo "     pipeline | study | demo | webui | test | lint"
 	@echo "variables: MODEL_NAME MODEL NQ NQ_DEV TOP_K PROMPT TRAIN_LIMIT DEV_LIMIT MAX_STEPS BATCH METHODS OUT"
+	@echo "           PREF_FROM NUM_SAMPLES PREF_LIMIT PREF_STEPS GRPO_STEPS GRPO_BATCH SEEDS STUDY_METHODS"
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +92,30 @@ sft:
 	$(QALIGN) train $(RECIPES)/sft.yaml model_name_or_path=$(MODEL) dataset=$(TRAIN_SET) output_dir=$(OUT)/sft \
 		max_steps=$(MAX_STEPS) per_device_train_batch_size=$(BATCH) $(TRAIN_ARGS)
 
+pref-data:
+	$(QALIGN) convert preference --model $(MODEL) $(if $(PREF_ADAPTER),--adapter $(PREF_ADAPTER)) --template $(TEMPLATE) \
+		--input $(NQ) --dataset $(PREF_SET) --top-k $(TOP_K) --prompt $(PROMPT) --num-samples $(NUM_SAMPLES) \
+		$(if $(PREF_LIMIT),--limit $(PREF_LIMIT)) $(MINE_ARGS)
+	$(QALIGN) convert kto --input $(NQ) --dataset $(KTO_SET) --top-k $(TOP_K) --prompt $(PROMPT) \
+		--samples data/$(PREF_SET).samples.jsonl $(if $(PREF_LIMIT),--limit $(PREF_LIMIT)) $(MINE_ARGS)
+
+dpo orpo kto:
+	$(QALIGN) train $(RECIPES)/$@.yaml model_name_or_path=$(MODEL) dataset=$(if $(filter kto,$@),$(KTO_SET),$(PREF_SET)) \
+		output_dir=$(OUT)/$@ max_steps=$(PREF_STEPS) per_device_train_batch_size=$(BATCH) $(PREF_START) $(TRAIN_ARGS)
+
+grpo-data:
+	$(QALIGN) convert eval --input $(NQ) --dataset $(GRPO_SET) --top-k $(TOP_K) --prompt $(PROMPT) $(if $(TRAIN_LIMIT),--limit $(TRAIN_LIMIT))
+
+grpo: grpo-data
+	$(QALIGN) train $(RECIPES)/grpo.yaml model_name_or_path=$(MODEL) dataset=$(GRPO_SET) output_dir=$(OUT)/grpo \
+		max_steps=$(GRPO_STEPS) per_device_train_batch_size=$(GRPO_BATCH) $(TRAIN_ARGS)
+
+# prompt variant x num_generations x beta grid, one table (recipes/<model>/grpo-sweep.yaml)
+grpo-sweep: data grpo-data
+	$(QALIGN) convert eval --input $(NQ) --dataset $(GRPO_SET)_think --top-k $(TOP_K) --prompt think_then_answer $(if $(TRAIN_LIMIT),--limit $(TRAIN_LIMIT))
+	$(QALIGN) convert eval --input $(NQ_DEV) --dataset $(DEV_SET)_think --top-k $(TOP_K) --prompt think_then_answer $(if $(DEV_LIMIT),--limit $(DEV_LIMIT))
+	$(QALIGN) sweep $(RECIPES)/grpo-sweep.yaml model_name_or_path=$(MODEL) $(SWEEP_ARGS)
+
 # predict the dev set with the base model and every trained adapter in METHODS
 predict:
 	@set -e; for m in $(METHODS); do \
@@ -82,11 +134,28 @@ eval:
 report:
 	$(QALIGN) report $(foreach m,$(METHODS),--run $(m)=$(OUT)/eval-$(m)) --output $(OUT)/report.md
 
-# the main job: model -> convert -> SFT -> predict base and SFT -> eval -> base-vs-SFT table
-pipeline: model data sft predict eval report
+# the main job: model -> convert -> SFT, DPO, ORPO, KTO, GRPO -> predict base and each -> eval -> one table
+pipeline: model data sft pref-data dpo orpo kto grpo predict eval report
+
+# base + every method on the test set, bootstrap CIs, plots -> reports/NAME/report.md (resumable)
+study: $(if $(filter smollm2-135m,$(MODEL_NAME)),model)
+	$(QALIGN) study $(STUDY) \
+		$(if $(filter command line,$(origin MODEL)),model=$(MODEL)) \
+		$(if $(filter command line,$(origin NQ)),train=$(NQ) test=$(NQ_DEV)) \
+		$(STUDY_ARGS) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STUDY_METHODS),--methods $(STUDY_METHODS))
 
 webui:
 	$(QALIGN) webui
+
+# inference page: the base model and every adapter under OUT side by side (http://127.0.0.1:8501)
+DEMO_HOST  ?= 127.0.0.1
+DEMO_PORT  ?= 8501
+DEMO_ARGS  ?=
+
+demo:
+	$(BIN)/streamlit run demo/app.py --server.address $(DEMO_HOST) --server.port $(DEMO_PORT) --server.headless true \
+		--server.fileWatcherType none --browser.gatherUsageStats false --client.toolbarMode viewer \
+		-- --recipe $(RECIPES)/predict.yaml --model $(MODEL) --outputs $(OUT) $(DEMO_ARGS)
 
 clean:
 	rm -rf outputs data/*.json dataset_info.json

@@ -22,8 +22,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @st.cache_resource(show_spinner="Loading the base model (once per server) ...")
-def get_engine(model: str, template: str, trust_remote_code: bool) -> Engine:
-    return Engine(model, template, trust_remote_code=trust_remote_code)
+def get_engine(model: str, template: str, trust_remote_code: bool, threads: int) -> Engine:
+    return Engine(model, template, trust_remote_code=trust_remote_code, threads=threads)
 
 
 @st.cache_data(show_spinner=False)
@@ -62,8 +62,9 @@ def show_answer(answer: Answer, golds: list[str], index: int) -> None:
         if score and not answer.error:
             st.markdown(f"**SubEM** {score['subem']:.0f} · **EM** {score['em']:.0f} · **F1** {score['f1']:.2f}")
         first = f"{answer.first_token_seconds:.2f} s" if answer.first_token_seconds is not None else "—"
+        cap = " · stopped at max new tokens" if answer.hit_cap else ""
         st.caption(f"latency {answer.seconds:.2f} s · first token {first} · {answer.new_tokens} tokens "
-                   f"({answer.tokens_per_second:.1f} tok/s)")
+                   f"({answer.tokens_per_second:.1f} tok/s){cap}")
 
 
 def summary_rows(answers: list[Answer], golds: list[str]) -> list[dict]:
@@ -91,7 +92,7 @@ def main() -> None:
         st.error(str(exc))
         st.stop()
     try:
-        engine = get_engine(config.model, config.template, config.trust_remote_code)
+        engine = get_engine(config.model, config.template, config.trust_remote_code, config.threads)
     except Exception as exc:  # a missing or unreadable model: say so in the page
         st.error(f"Could not load the base model '{config.model}' (template '{config.template}'): "
                  f"{type(exc).__name__}: {exc}. Build the default with `make model`, or pass `-- --model PATH`.")
@@ -141,19 +142,20 @@ def main() -> None:
         except Exception as exc:  # DemoError, or a bad prompt template file
             st.error(str(exc))
             st.stop()
-        answers = []
-        for index, (column, label) in enumerate(zip(st.columns(len(selected)), selected, strict=True)):
+        boxes = []
+        for column, label in zip(st.columns(len(selected)), selected, strict=True):
             with column:
                 st.subheader(label)
-                box = st.empty()
-                box.caption("waiting for the model ...")
-                adapter = adapters[label].path if label in adapters else None
-                answer = engine.generate(label, adapter, prompt, int(max_new),
-                                         on_text=logic.throttle(lambda text, box=box: box.markdown(
-                                             logic.escape_markdown(text))))
-                with box.container():
-                    show_answer(answer, golds, index)
-                answers.append(answer)
+                boxes.append(st.empty())
+                boxes[-1].caption("waiting for its turn ...")
+        answers = []
+        for index, (box, label) in enumerate(zip(boxes, selected, strict=True)):  # one model at a time
+            adapter = adapters[label].path if label in adapters else None
+            stream = logic.throttle(lambda text, box=box: box.markdown(logic.escape_markdown(text)))
+            answer = engine.generate(label, adapter, prompt, int(max_new), on_text=stream)
+            with box.container():
+                show_answer(answer, golds, index)
+            answers.append(answer)
         st.session_state.results = {"answers": answers, "golds": golds, "prompt": prompt}
     elif results := st.session_state.get("results"):
         for index, (column, answer) in enumerate(zip(st.columns(len(results["answers"])), results["answers"],

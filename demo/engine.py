@@ -33,6 +33,7 @@ class Answer:
     seconds: float = 0.0
     first_token_seconds: float | None = None
     new_tokens: int = 0
+    hit_cap: bool = False
     error: str | None = None
 
     @property
@@ -67,26 +68,32 @@ class _Cancelled(StoppingCriteria):
         return self.event.is_set()
 
 
+class AdapterError(Exception):
+    """An adapter folder that is gone, incomplete, or does not fit the base model."""
+
+
 def describe_error(exc: BaseException, label: str) -> str:
     """A message for the page: what failed, and what to do about it."""
     if isinstance(exc, torch.OutOfMemoryError):
         return (f"{label}: out of memory while generating. Lower 'max new tokens', shorten the passages, "
                 "compare fewer models at once, or use a smaller model.")
-    if isinstance(exc, OSError) and "adapter" in str(exc).lower():
-        return f"{label}: adapter could not be read ({exc}). Retrain it or pick another one."
+    if isinstance(exc, AdapterError):
+        return f"{label}: adapter could not be loaded ({exc}). Retrain it or pick another one."
     return f"{label}: {type(exc).__name__}: {exc}"
 
 
 class Engine:
     """The base model, its tokenizer and chat template, and the adapters loaded so far (by folder)."""
 
-    def __init__(self, model: str, template: str, trust_remote_code: bool = False) -> None:
+    def __init__(
+        self, model: str, template: str, trust_remote_code: bool = False, threads: int | None = None
+    ) -> None:
         from llamafactory.data import get_template_and_fix_tokenizer
         from llamafactory.hparams import get_infer_args
         from llamafactory.model import load_tokenizer
 
         started = time.perf_counter()
-        self.model_path, self.template_name = model, template
+        self.model_path, self.template_name, self.threads = model, template, threads
         self._args = get_infer_args({
             "model_name_or_path": model,
             "template": template,
@@ -107,7 +114,8 @@ class Engine:
 
         model_args, _, finetuning_args, _ = self._args
         self.model: Any = load_model(self.tokenizer, model_args, finetuning_args, is_trainable=False)
-        self.adapters: dict[str, str] = {}  # resolved folder -> peft adapter name
+        self.adapters: dict[str, tuple[str, float]] = {}  # resolved folder -> (peft adapter name, files' mtime)
+        self._loaded = 0
 
     def _reset(self) -> None:
         """Reload a clean base model: a failed adapter load may leave half-injected LoRA layers behind."""
@@ -118,25 +126,35 @@ class Engine:
         self._load_base()
 
     def _attach(self, folder: Path) -> str:
-        """Load the adapter in `folder` once; return its peft adapter name."""
+        """Load the adapter in `folder` once (again if its files changed, e.g. retrained); return its peft name."""
         from peft import PeftModel
 
-        key = str(folder.resolve())
-        if key in self.adapters:
-            return self.adapters[key]
         if not (folder / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{folder}: no adapter_config.json (adapter folder missing or incomplete)")
-        name = f"adapter_{len(self.adapters)}"  # folder labels hold '/' and '.', which peft names may not
+            raise AdapterError(f"{folder}: no adapter_config.json; the folder is missing or incomplete")
+        key = str(folder.resolve())
+        stamp = max(path.stat().st_mtime for path in folder.glob("adapter_*"))
+        if key in self.adapters:
+            name, loaded_stamp = self.adapters[key]
+            if loaded_stamp == stamp:
+                return name
+            if len(self.adapters) == 1:
+                self._reset()  # peft keeps pointing at a deleted last adapter: start from a clean base instead
+            else:
+                del self.adapters[key]
+                self.model.set_adapter(next(iter(self.adapters.values()))[0])  # never delete the active one
+                self.model.delete_adapter(name)
+        name = f"adapter_{self._loaded}"  # folder labels hold '/' and '.', which peft names may not
         try:
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
             else:
                 self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name, is_trainable=False)
-        except BaseException:
+        except Exception as exc:
             self._reset()
-            raise
+            raise AdapterError(f"{folder}: {type(exc).__name__}: {exc}") from exc
         self.model.eval()
-        self.adapters[key] = name
+        self.adapters[key] = (name, stamp)
+        self._loaded += 1
         return name
 
     @contextlib.contextmanager
@@ -196,7 +214,10 @@ class Engine:
         failure: list[BaseException] = []
 
         def work() -> None:
+            previous_threads = torch.get_num_threads()
             try:
+                if self.threads:
+                    torch.set_num_threads(self.threads)  # set where generate runs; restored below
                 with torch.inference_mode():
                     self.model.generate(
                         input_ids=inputs,
@@ -211,6 +232,8 @@ class Engine:
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
                 streamer.end()
+            finally:
+                torch.set_num_threads(previous_threads)
 
         thread = threading.Thread(target=work, name="demo-generate", daemon=True)
         thread.start()
@@ -224,6 +247,7 @@ class Engine:
             thread.join()
             answer.seconds = time.perf_counter() - started
         answer.new_tokens = streamer.new_tokens
+        answer.hit_cap = streamer.new_tokens >= max_new_tokens
         answer.first_token_seconds = streamer.first_token_seconds
         if failure:
             raise failure[0]

@@ -45,6 +45,16 @@ class DemoConfig:
     trust_remote_code: bool
     max_input_chars: int
     max_new_tokens: int
+    threads: int
+
+
+def default_threads() -> int:
+    """CPU threads for generation: all cores but one, left to the web server and the browser.
+
+    Measured on a 2-core machine with the browser on it: SmolLM2 answered 32 tokens in 2.4 s with one thread and
+    in 12 to 38 s with two, which fought Chromium and the server for the cores.
+    """
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,38 +62,59 @@ class _Parser(argparse.ArgumentParser):
         raise DemoError(f"demo arguments: {message}\n{self.format_usage()}")
 
 
+def _recipe_values(path: str) -> dict[str, Any]:
+    """`model_name_or_path` and `template` of a LLaMA-Factory recipe (so the page uses the predict recipe's)."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DemoError(
+            f"{path}: cannot read the recipe ({exc}). Pass an existing recipes/<model>/predict.yaml."
+        ) from None
+    if not isinstance(recipe, dict):
+        raise DemoError(f"{path}:1: a recipe is a YAML mapping of key: value lines.")
+    return recipe
+
+
 def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> DemoConfig:
-    """Parse the page's arguments; each defaults to QALIGN_DEMO_<NAME> from `environ`, then to the offline default."""
+    """Parse the page's arguments. Each falls back to QALIGN_DEMO_<NAME> in `environ`, then (model and template)
+    to the `--recipe` YAML, then to the offline default (SmolLM2-135M-Instruct)."""
     env = os.environ if environ is None else environ
 
-    def default(name: str, fallback: str) -> str:
+    def default(name: str, fallback: str | None = None) -> str | None:
         return env.get(ENV_PREFIX + name, fallback)
 
     parser = _Parser(prog="demo/app.py", description="qalign inference page (pass after `streamlit run ... --`)")
-    parser.add_argument("--model", default=default("MODEL", "models/smollm2-135m-instruct"), help="base model")
-    parser.add_argument("--template", default=default("TEMPLATE", "smollm2"), help="LLaMA-Factory chat template")
+    parser.add_argument("--recipe", default=default("RECIPE"), help="LLaMA-Factory YAML giving model and template")
+    parser.add_argument("--model", default=default("MODEL"), help="base model folder or hub id")
+    parser.add_argument("--template", default=default("TEMPLATE"), help="LLaMA-Factory chat template")
     parser.add_argument("--outputs", default=default("OUTPUTS", "outputs"), help="folder searched for adapters")
     parser.add_argument("--data", default=default("DATA", "data"), help="folder of converted eval sets (*.json)")
     parser.add_argument("--prompt", default=default("PROMPT", "answer_only"), help="recipes/prompts template")
     parser.add_argument("--trust-remote-code", action="store_true",
-                        default=default("TRUST_REMOTE_CODE", "0").lower() in _TRUE,
+                        default=(default("TRUST_REMOTE_CODE") or "0").lower() in _TRUE,
                         help="run the model repository's own code (off by default)")
-    parser.add_argument("--max-input-chars", type=int, default=int(default("MAX_INPUT_CHARS", "8000")),
+    parser.add_argument("--max-input-chars", type=int, default=default("MAX_INPUT_CHARS", "8000"),
                         help="longest prompt accepted, in characters")
-    parser.add_argument("--max-new-tokens", type=int, default=int(default("MAX_NEW_TOKENS", "256")),
+    parser.add_argument("--max-new-tokens", type=int, default=default("MAX_NEW_TOKENS", "256"),
                         help="cap on the generation length the page offers")
+    parser.add_argument("--threads", type=int, default=default("THREADS", str(default_threads())),
+                        help="CPU threads for generation (default: all cores but one)")
     args = parser.parse_args(list(argv))
-    if args.max_input_chars < 1 or args.max_new_tokens < 1:
-        raise DemoError("demo arguments: --max-input-chars and --max-new-tokens must be positive")
+    if min(args.max_input_chars, args.max_new_tokens, args.threads) < 1:
+        raise DemoError("demo arguments: --max-input-chars, --max-new-tokens and --threads must be positive")
+    recipe = _recipe_values(args.recipe) if args.recipe else {}
     return DemoConfig(
-        model=args.model,
-        template=args.template,
+        model=str(args.model or recipe.get("model_name_or_path") or "models/smollm2-135m-instruct"),
+        template=str(args.template or recipe.get("template") or "smollm2"),
         outputs=Path(args.outputs),
         data=Path(args.data),
         prompt=args.prompt,
         trust_remote_code=args.trust_remote_code,
         max_input_chars=args.max_input_chars,
         max_new_tokens=args.max_new_tokens,
+        threads=args.threads,
     )
 
 

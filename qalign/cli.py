@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     add_eval_parsers(sub)
     add_model_parser(sub)
+    from qalign.awq.quantize import add_quantize_parser; add_quantize_parser(sub)  # noqa: E702, I001
     add_sweep_parser(sub)
+    from qalign.study.cli import add_study_parser; add_study_parser(sub)  # noqa: E702, I001
     return parser
 
 

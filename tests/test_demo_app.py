@@ -80,15 +80,13 @@ def test_page_shows_errors_instead_of_crashing(monkeypatch: pytest.MonkeyPatch, 
     root = tmp_path / "errors"
     shutil.copytree(workspace / "outputs", root / "outputs")
     at = _page(monkeypatch, tiny_qwen3, root, "--max-input-chars", "600")
-    shutil.rmtree(root / "outputs" / "tiny" / "sft")  # deleted between page load and generate
+    (root / "outputs" / "tiny" / "sft" / "adapter_model.safetensors").unlink()  # an interrupted training run
     at.text_input(key="question").set_value("who wrote pride and prejudice").run()
     at.button(key="generate").click().run()
     assert not at.exception
-    print("DBG", at.table[0].value if at.table else None, [m.value for m in at.markdown], at.multiselect(key="models").value, [e.value for e in at.error], [w.value for w in at.warning])
-    assert [e.value for e in at.error] == [
-        f"tiny/sft: adapter could not be read ({root / 'outputs' / 'tiny' / 'sft'}: no adapter_config.json "
-        "(adapter folder missing or incomplete)). Retrain it or pick another one."
-    ]
+    errors = [element.value for element in at.error]
+    assert len(errors) == 1 and errors[0].startswith(f"tiny/sft: adapter could not be loaded ({root / 'outputs'}")
+    assert errors[0].endswith("Retrain it or pick another one.")
     assert list(at.table[0].value["model"]) == ["base", "tiny/sft"]  # the base model still answered
 
     at.text_area(key="passages").set_value("T | " + "x" * 700).run()

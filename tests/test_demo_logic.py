@@ -13,7 +13,7 @@ from demo.engine import Engine
 from tests.test_demo_fixtures import RECORDS, TEMPLATE, build_tiny_adapter, write_eval_set
 
 
-def test_config_defaults_env_and_args() -> None:
+def test_config_defaults_env_recipe_and_args(tmp_path: Path) -> None:
     config = logic.parse_config([], environ={})
     assert (config.model, config.template) == ("models/smollm2-135m-instruct", "smollm2")
     assert (config.outputs, config.data, config.prompt) == (Path("outputs"), Path("data"), "answer_only")
@@ -21,10 +21,20 @@ def test_config_defaults_env_and_args() -> None:
     env = {"QALIGN_DEMO_MODEL": "m", "QALIGN_DEMO_TRUST_REMOTE_CODE": "1", "QALIGN_DEMO_MAX_NEW_TOKENS": "8"}
     config = logic.parse_config(["--template", "qwen3"], environ=env)
     assert (config.model, config.template, config.trust_remote_code, config.max_new_tokens) == ("m", "qwen3", True, 8)
+    recipe = tmp_path / "predict.yaml"
+    recipe.write_text("model_name_or_path: Qwen/Qwen3-8B-AWQ\ntemplate: qwen3_nothink\n")
+    config = logic.parse_config(["--recipe", str(recipe), "--template", "qwen3"], environ={})
+    assert (config.model, config.template) == ("Qwen/Qwen3-8B-AWQ", "qwen3")  # a flag beats the recipe
+    with pytest.raises(logic.DemoError, match="cannot read the recipe"):
+        logic.parse_config(["--recipe", str(tmp_path / "missing.yaml")], environ={})
+    with pytest.raises(logic.DemoError, match="invalid int value: 'many'"):
+        logic.parse_config([], environ={"QALIGN_DEMO_MAX_INPUT_CHARS": "many"})
     with pytest.raises(logic.DemoError, match="unrecognized arguments: --bogus"):
         logic.parse_config(["--bogus"], environ={})
     with pytest.raises(logic.DemoError, match="must be positive"):
         logic.parse_config(["--max-new-tokens", "0"], environ={})
+    assert config.threads == logic.default_threads() >= 1
+    assert logic.parse_config([], environ={"QALIGN_DEMO_THREADS": "3"}).threads == 3
 
 
 def test_discover_adapters(tmp_path: Path) -> None:
@@ -115,11 +125,12 @@ def test_engine_streams_the_same_answers_as_plain_generate(engine: Engine, tiny_
 def test_engine_reports_errors_instead_of_raising(engine: Engine, tiny_qwen3: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     missing = engine.generate("gone", tmp_path / "gone", "q", 4)
-    assert missing.error and "adapter could not be read" in missing.error and "no adapter_config.json" in missing.error
+    assert missing.error == (f"gone: adapter could not be loaded ({tmp_path / 'gone'}: no adapter_config.json; "
+                             "the folder is missing or incomplete). Retrain it or pick another one.")
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     (wrong / "adapter_config.json").write_text("{not json")
-    assert engine.generate("wrong", wrong, "q", 4).error.startswith("wrong: ")
+    assert engine.generate("wrong", wrong, "q", 4).error.startswith(f"wrong: adapter could not be loaded ({wrong}: ")
     assert engine.generate("base", None, "q", 4).error is None  # the engine still works afterwards
 
     def out_of_memory(*args: object, **kwargs: object) -> None:
@@ -128,3 +139,28 @@ def test_engine_reports_errors_instead_of_raising(engine: Engine, tiny_qwen3: Pa
     monkeypatch.setattr(engine.model, "generate", out_of_memory)
     answer = engine.generate("base", None, "q", 4)
     assert answer.error and "out of memory" in answer.error and "Lower 'max new tokens'" in answer.error
+
+
+def test_engine_reloads_a_retrained_adapter(engine: Engine, tiny_qwen3: Path, tmp_path: Path) -> None:
+    import os
+
+    def retrain(folder: Path, seed: int) -> None:
+        build_tiny_adapter(tiny_qwen3, folder, seed=seed)
+        for path in folder.glob("adapter_*"):  # file-system clocks may be coarse: make the change visible
+            os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 10 * seed))
+
+    question = "who wrote it"
+    dpo = build_tiny_adapter(tiny_qwen3, tmp_path / "dpo", seed=3)
+    sft = build_tiny_adapter(tiny_qwen3, tmp_path / "sft", seed=1)
+    dpo_text = engine.generate("dpo", dpo, question, 8).text
+    seed1_text = engine.generate("sft", sft, question, 8).text
+    assert engine.generate("sft", sft, question, 8).text == seed1_text  # cached
+    retrain(sft, seed=2)  # beside another adapter: the old one is deleted, the new one loaded
+    seed2_text = engine.generate("sft", sft, question, 8).text
+    assert seed2_text != seed1_text and len(engine.adapters) == 2
+    assert engine.generate("dpo", dpo, question, 8).text == dpo_text
+
+    engine._reset()
+    assert engine.generate("sft", sft, question, 8).text == seed2_text
+    retrain(sft, seed=1)  # the only adapter: the engine restarts from a clean base model
+    assert engine.generate("sft", sft, question, 8).text == seed1_text and len(engine.adapters) == 1

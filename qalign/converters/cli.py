@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from qalign.converters.cot import add_cot_arguments, run_cot
 from qalign.converters.registry import ConversionResult
 
 _INPUT_HELP = (
@@ -171,6 +172,15 @@ SUBCOMMANDS: list[Subcommand] = [
         "Reuse a preference run's samples: qalign convert kto --input data/sample/nq-sample.train.jsonl "
         "--dataset nq_kto --samples data/nq_pref.samples.jsonl",
         _run_kto, _kto_arguments,
+    ),
+    Subcommand(
+        "cot", "CoT-SFT data: teacher reasoning whose answer matches the gold (F1 >= --min-f1)",
+        "Join teacher outputs ({id or question, reasoning, answer}, or output '<think>...</think>answer') to the "
+        "QA input by id or question, keep those whose answer reaches F1 >= --min-f1 (default 0.9) against the gold "
+        "aliases, and write alpaca rows whose output is '<think>reasoning</think>' + the answer (prompt default: "
+        "think_then_answer). Example: qalign convert cot --input data/sample/nq-sample.train.jsonl "
+        "--teacher teacher.jsonl --dataset nq_cot",
+        run_cot, add_cot_arguments,
     ),
 ]
 

@@ -75,8 +75,9 @@ def label_examples(texts: list[str], answers: list[str], *, strategy: Strategy =
     return good + [e for e in scored if not e.desirable]
 
 
-def clean_examples(examples: list[Example], answers: list[str], max_per_question: int = 2) -> tuple[list[Example],
-                                                                                                      Counter]:
+def clean_examples(
+    examples: list[Example], answers: list[str], max_per_question: int = 2
+) -> tuple[list[Example], Counter]:
     """Drop empty, degenerate, gold-holding (undesirable), duplicate and over-cap examples; count why."""
     kept: list[Example] = []
     dropped: Counter = Counter()

@@ -48,6 +48,10 @@ class SamplingConfig:
     batch_size: int = 4
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.num_samples < 1 or self.batch_size < 1:
+            raise QalignError("need --temperature > 0, 0 < --top-p <= 1, --num-samples >= 1 and --batch-size >= 1.")
+
     def header(self) -> dict[str, Any]:
         settings = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device")}
         return {"qalign_samples": CACHE_FORMAT, **settings}
@@ -135,26 +139,28 @@ class Sampler:
     """A model + tokenizer + template loaded the LLaMA-Factory way (LoRA adapters applied)."""
 
     def __init__(self, config: SamplingConfig) -> None:
+        # LLaMA-Factory's INFO logs would bury the progress bar and the summary; LLAMAFACTORY_VERBOSITY=INFO shows them
+        os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
         from llamafactory.data import get_template_and_fix_tokenizer
         from llamafactory.hparams import get_infer_args
         from llamafactory.model import load_model, load_tokenizer
 
-        if config.temperature <= 0 or not 0 < config.top_p <= 1 or config.num_samples < 1:
-            raise QalignError("need --temperature > 0, 0 < --top-p <= 1 and --num-samples >= 1.")
         args: dict[str, Any] = {"model_name_or_path": config.model, "template": config.template,
                                 "finetuning_type": "lora"}
         if config.adapter:
             args["adapter_name_or_path"] = config.adapter
         try:
             model_args, data_args, finetuning_args, _ = get_infer_args(args)
-        except ValueError as exc:
-            raise QalignError(f"cannot set up {config.model} with template {config.template}: {exc}") from None
-        if config.device != "auto":
-            model_args.device_map = {"": config.device}
+            if config.device != "auto":
+                model_args.device_map = {"": config.device}
+            self.tokenizer = load_tokenizer(model_args)["tokenizer"]
+            self.template = get_template_and_fix_tokenizer(self.tokenizer, data_args)
+            self.model = load_model(self.tokenizer, model_args, finetuning_args, is_trainable=False)
+        except (OSError, ValueError) as exc:
+            raise QalignError(f"cannot load --model {config.model} (--adapter {config.adapter}, --template "
+                              f"{config.template}): {exc} Check the paths, or the template name in LLaMA-Factory's "
+                              "data/template.py.") from None
         self.config = config
-        self.tokenizer = load_tokenizer(model_args)["tokenizer"]
-        self.template = get_template_and_fix_tokenizer(self.tokenizer, data_args)
-        self.model = load_model(self.tokenizer, model_args, finetuning_args, is_trainable=False)
         # the same stop set as LLaMA-Factory's chat engine: eos plus the template's stop words
         self.stop_ids = self.template.get_stop_token_ids(self.tokenizer)
         pad = self.tokenizer.pad_token_id
@@ -172,9 +178,10 @@ class Sampler:
         n, cfg = self.config.num_samples, self.config
         encoded = [self.encode(q.prompt) for q in questions]
         width = max(map(len, encoded))
-        rows = [[self.pad_id] * (width - len(ids)) + ids for ids in encoded for _ in range(n)]
-        mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded for _ in range(n)]
         device = self.model.device
+        prompts = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+        cache = self._shared_prefix(prompts, mask)
         processors = [TemperatureLogitsWarper(cfg.temperature)]
         if cfg.top_p < 1:
             processors.append(TopPLogitsWarper(cfg.top_p))
@@ -183,12 +190,31 @@ class Sampler:
                                       eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids=torch.tensor(rows, device=device), attention_mask=torch.tensor(mask, device=device),
-                generation_config=generation, logits_processor=LogitsProcessorList(processors),
+                input_ids=prompts.repeat_interleave(n, dim=0), attention_mask=mask.repeat_interleave(n, dim=0),
+                past_key_values=cache, generation_config=generation, logits_processor=LogitsProcessorList(processors),
                 use_model_defaults=False,  # the model's own sampling defaults must not switch do_sample back on
             )
         texts = [self._decode(ids) for ids in output[:, width:].tolist()]
         return [texts[i * n:(i + 1) * n] for i in range(len(questions))]
+
+    def _shared_prefix(self, prompts, mask):
+        """Run each prompt once (all but its last token) and copy the KV cache to its N sample rows: the N
+        samples share the prompt, so this divides prompt processing by N. None where the model can't (old code)."""
+        import torch
+        from transformers import DynamicCache
+
+        if self.config.num_samples == 1 or prompts.shape[1] < 2:
+            return None
+        cache = DynamicCache(config=self.model.config)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=prompts[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                           past_key_values=cache, use_cache=True, logits_to_keep=1)
+        except TypeError:  # a remote-code model without logits_to_keep / cache objects: plain generate
+            return None
+        cache.batch_repeat_interleave(self.config.num_samples)
+        return cache
 
     def _decode(self, ids: list[int]) -> str:
         stops = set(self.stop_ids)
@@ -224,8 +250,9 @@ def ensure_samples(questions: list[Question], cache: str | Path, config: Samplin
     if missing and config is None:
         raise QalignError(f"{cache}: {len(missing)} of {len(questions)} questions have no cached samples "
                           f"(e.g. {missing[0].id}). Pass --model to generate them.")
+    if config is not None and (missing or header is not None):
+        _check_header(cache, header, rows, config.header())  # asking for other settings must not reuse old samples
     if missing:
-        _check_header(cache, header, rows, config.header())
         if rows:
             print(f"qalign: resuming {cache}: {len(questions) - len(missing)} of {len(questions)} questions cached")
         _generate(missing, cache, config, complete, write_header=header is None)
@@ -240,8 +267,8 @@ def _generate(missing: list[Question], cache: Path, config: SamplingConfig, comp
         handle.truncate(complete)  # drop a partial line left by a killed run
         if write_header:
             handle.write((json.dumps(config.header()) + "\n").encode())
-        for start in range(0, len(missing), max(config.batch_size, 1)):
-            batch = missing[start:start + max(config.batch_size, 1)]
+        for start in range(0, len(missing), config.batch_size):
+            batch = missing[start:start + config.batch_size]
             for question, texts in zip(batch, sampler.sample(batch), strict=True):
                 handle.write((json.dumps(_cache_row(question, texts), ensure_ascii=False) + "\n").encode())
                 handle.flush()

@@ -1,0 +1,155 @@
+"""Teacher reasoning -> chain-of-thought SFT data, filtered by the teacher's answer against the gold aliases.
+
+Teacher file (json/jsonl/.gz): one row per teacher output, `{id or question, reasoning, answer}`, or `{id or
+question, output}` with `output` = `<think>REASONING</think>ANSWER`. Rows are joined to the raw QA input by id,
+else by normalised question. A row is kept when F1(answer, gold aliases) >= `min_f1`; per question the
+highest-F1 row is kept (ties: the first). Output rows are alpaca rows whose `output` is
+`<think>\\nREASONING\\n</think>\\n\\nANSWER`, so the evaluator (which strips `<think>` blocks) scores the answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qalign.converters.prompts import load_prompt, prompt_name, render_prompt
+from qalign.converters.records import load_records, question_key
+from qalign.converters.registry import ConversionResult, alpaca_entry, validate_name, write_dataset
+from qalign.errors import QalignError
+from qalign.evaluators.metrics import f1_score, strip_think
+from qalign.io import iter_json_records
+
+DEFAULT_MIN_F1 = 0.9
+COT_PROMPT = "think_then_answer"
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_DROP_REASONS = ("unmatched", "no_answer", "no_reasoning", "low_f1", "duplicate")
+
+
+@dataclass(frozen=True)
+class TeacherRow:
+    """One teacher output, split into reasoning and final answer; `where` is `file:line`."""
+
+    key_id: str | None
+    question: str | None
+    reasoning: str
+    answer: str
+    where: str
+
+
+def split_output(output: str) -> tuple[str, str]:
+    """`<think>R</think>A` -> (R, A); an output without a closed think block is all answer."""
+    match = _THINK.search(output)
+    reasoning = match.group(1).strip() if match else ""
+    return reasoning, strip_think(output)
+
+
+def format_cot(reasoning: str, answer: str) -> str:
+    """The training target: reasoning inside `<think>`, then the answer."""
+    return f"<think>\n{reasoning.strip()}\n</think>\n\n{answer.strip()}"
+
+
+def read_teacher(path: str | Path) -> list[TeacherRow]:
+    """Parse the teacher file; a row needs `id` or `question`, and `answer` (+ `reasoning`) or `output`."""
+    rows: list[TeacherRow] = []
+    for line, obj in iter_json_records(path):
+        where = f"{path}:{line}"
+        rid, question = obj.get("id"), obj.get("question")
+        if rid in (None, "") and not (isinstance(question, str) and question.strip()):
+            raise QalignError(f"{where}: teacher row has neither `id` nor `question`; add one so it can be joined.")
+        if isinstance(obj.get("answer"), str):
+            reasoning, answer = str(obj.get("reasoning") or ""), obj["answer"]
+        elif isinstance(obj.get("output"), str):
+            reasoning, answer = split_output(obj["output"])
+        else:
+            raise QalignError(f"{where}: teacher row needs `answer` (with `reasoning`) or `output` "
+                              "(`<think>reasoning</think>answer`). Fix that row.")
+        rows.append(TeacherRow(None if rid in (None, "") else str(rid),
+                               question if isinstance(question, str) else None,
+                               reasoning.strip(), strip_think(answer), where))
+    return rows
+
+
+def convert_cot(
+    source: str,
+    teacher: str | Path,
+    name: str,
+    *,
+    dataset_dir: str | Path = ".",
+    top_k: int = 5,
+    prompt: str = COT_PROMPT,
+    min_f1: float = DEFAULT_MIN_F1,
+    limit: int | None = None,
+    split: str = "train",
+    strict: bool = False,
+) -> tuple[ConversionResult, Counter]:
+    """Join teacher rows to `source`, keep those with F1 >= min_f1, write `data/<name>.json` (kind cot)."""
+    validate_name(name)
+    template = load_prompt(prompt)
+    records, stats = load_records(source, strict, split=split, limit=limit)
+    by_id = {record.id: record for record in records}
+    by_question = {question_key(record.question): record for record in records}
+    counts: Counter = Counter()
+    best: dict[str, tuple[float, TeacherRow]] = {}
+    for row in read_teacher(teacher):
+        record = by_id.get(row.key_id) if row.key_id else None
+        if record is None and row.question:
+            record = by_question.get(question_key(row.question))
+        if record is None:
+            reason = "unmatched"
+        elif not row.answer:
+            reason = "no_answer"
+        elif not row.reasoning:
+            reason = "no_reasoning"
+        elif (f1 := f1_score(row.answer, record.answers)) < min_f1:
+            reason = "low_f1"
+        elif record.id in best and best[record.id][0] >= f1:
+            reason = "duplicate"
+        else:
+            if record.id in best:
+                counts["duplicate"] += 1  # the earlier, lower-F1 row of this question gives way
+            best[record.id] = (f1, row)
+            continue
+        counts[reason] += 1
+    rows: list[dict[str, Any]] = [
+        {"id": record.id, "question": record.question, "instruction": render_prompt(template, record, top_k),
+         "input": "", "output": format_cot(best[record.id][1].reasoning, best[record.id][1].answer),
+         "teacher_f1": best[record.id][0]}
+        for record in records if record.id in best
+    ]
+    counts["kept"] = len(rows)
+    if not rows:
+        raise QalignError(f"{teacher}: no teacher row was kept ({cot_summary(counts)}). Check that its ids or "
+                          f"questions match {source}, or lower --min-f1 (now {min_f1}).")
+    entry = alpaca_entry("cot", source, len(rows), prompt_name(prompt), top_k=top_k, teacher=str(teacher),
+                         min_f1=min_f1, dropped={k: counts[k] for k in _DROP_REASONS})
+    return write_dataset(dataset_dir, name, rows, entry, stats), counts
+
+
+def cot_summary(counts: Counter) -> str:
+    """`kept K teacher rows; dropped: N low f1, ...`."""
+    dropped = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in _DROP_REASONS if counts[k])
+    return f"kept {counts['kept']} teacher rows; dropped: {dropped or 'none'}"
+
+
+def add_cot_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--teacher FILE` and `--min-f1 TAU`; the prompt defaults to think_then_answer here."""
+    parser.add_argument("--teacher", required=True, metavar="FILE",
+                        help="teacher outputs (json/jsonl/.gz): {id or question, reasoning, answer} or "
+                             "{id or question, output: '<think>...</think>answer'}")
+    parser.add_argument("--min-f1", type=float, default=DEFAULT_MIN_F1, metavar="TAU",
+                        help=f"keep rows whose answer reaches this F1 against the gold aliases (default: "
+                             f"{DEFAULT_MIN_F1})")
+    parser.set_defaults(prompt=COT_PROMPT)
+
+
+def run_cot(args: argparse.Namespace) -> ConversionResult:
+    """The `qalign convert cot` entry: convert, then print the kept/dropped counts."""
+    result, counts = convert_cot(args.input, args.teacher, args.dataset, dataset_dir=args.dataset_dir,
+                                 top_k=args.top_k, prompt=args.prompt, min_f1=args.min_f1, limit=args.limit,
+                                 split=args.split, strict=args.strict)
+    print(cot_summary(counts))
+    return result

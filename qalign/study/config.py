@@ -1,0 +1,196 @@
+"""study.yaml: what a method-comparison study runs (model, data, methods, seeds, overrides), with CLI overrides.
+
+Relative paths are read from the current folder (the repo root, where dataset_info.json lives); `recipes` and
+`cot_teacher` also fall back to the repository holding qalign, so a study can be started from elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import qalign
+from qalign.errors import QalignError
+
+METHODS = ("sft", "dpo", "orpo", "kto", "grpo", "cot")
+RECIPE_FILE = {"sft": "sft.yaml", "cot": "sft.yaml", "dpo": "dpo.yaml", "orpo": "orpo.yaml", "kto": "kto.yaml",
+               "grpo": "grpo.yaml", "predict": "predict.yaml"}
+REPO_ROOT = Path(qalign.__file__).resolve().parents[1]
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_REQUIRED = ("name", "model", "template", "recipes", "train", "test")
+_DEFAULTS: dict[str, Any] = {
+    "top_k": 5, "prompt": "answer_only", "methods": ["sft", "dpo", "orpo", "kto", "grpo"], "seeds": [42],
+    "cot_teacher": None, "cot_prompt": "think_then_answer", "cot_min_f1": 0.9, "train_limit": None,
+    "test_limit": None, "output": None, "bootstrap": {}, "train_args": {}, "predict_args": {}, "mining_args": {},
+    "overrides": {},
+}
+
+
+@dataclass
+class StudyConfig:
+    """A resolved study: every key of study.yaml after defaults and command-line overrides."""
+
+    name: str
+    model: str
+    template: str
+    recipes: Path
+    train: str
+    test: str
+    output: Path
+    source: Path | None = None
+    top_k: int = 5
+    prompt: str = "answer_only"
+    methods: list[str] = field(default_factory=lambda: list(_DEFAULTS["methods"]))
+    seeds: list[int] = field(default_factory=lambda: [42])
+    cot_teacher: str | None = None
+    cot_prompt: str = "think_then_answer"
+    cot_min_f1: float = 0.9
+    train_limit: int | None = None
+    test_limit: int | None = None
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
+    level: float = 0.95
+    train_args: dict[str, Any] = field(default_factory=dict)
+    predict_args: dict[str, Any] = field(default_factory=dict)
+    mining_args: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def dataset(self, what: str) -> str:
+        """Study-namespaced dataset name, e.g. `<name>_train`."""
+        return f"{self.name}_{what}"
+
+    def recipe(self, method: str) -> Path:
+        return self.recipes / RECIPE_FILE[method]
+
+    @property
+    def row_methods(self) -> list[str]:
+        """The table's methods: `methods`, then always cot (trained only when `cot_teacher` is given)."""
+        return [m for m in self.methods if m != "cot"] + ["cot"]
+
+
+def _resolve(path: str) -> Path:
+    candidate = Path(path)
+    if candidate.exists() or candidate.is_absolute():
+        return candidate
+    in_repo = REPO_ROOT / candidate
+    return in_repo if in_repo.exists() else candidate
+
+
+def set_dotted(spec: dict[str, Any], assignment: str) -> None:
+    """Apply `a.b.c=VALUE` (VALUE parsed as YAML) to the nested mapping `spec`."""
+    import yaml
+
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise QalignError(f"override {assignment!r}: expected KEY=VALUE, e.g. overrides.sft.max_steps=10.")
+    parts = key.split(".")
+    node = spec
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise QalignError(f"override {assignment!r}: `{part}` is not a mapping.")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text else None
+
+
+def _mapping(value: Any, key: str, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise QalignError(f"{where}: `{key}` must be a mapping, e.g. {key}: {{max_steps: 20}}.")
+    return dict(value)
+
+
+def _int_list(value: Any, key: str, where: str) -> list[int]:
+    values = value if isinstance(value, list) else [value]
+    try:
+        out = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise QalignError(f"{where}: `{key}` must be a list of integers, got {value!r}.") from None
+    if not out:
+        raise QalignError(f"{where}: `{key}` is empty; give at least one, e.g. {key}: [42].")
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a study file into a mapping, with `file:line` errors."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise QalignError(f"{path}: study file not found (e.g. recipes/smollm2-135m/study.yaml).")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise QalignError(f"{path}:{mark.line + 1 if mark else 1}: malformed YAML ({exc}).") from None
+    if not isinstance(spec, dict):
+        raise QalignError(f"{path}:1: expected a mapping with keys {', '.join(_REQUIRED)}.")
+    return spec
+
+
+def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfig:
+    """Validate a study mapping (defaults filled in) and resolve it into a `StudyConfig`."""
+    where = str(source or "study")
+    unknown = sorted(set(spec) - set(_REQUIRED) - set(_DEFAULTS))
+    if unknown:
+        raise QalignError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
+                          f"{', '.join((*_REQUIRED, *_DEFAULTS))}.")
+    missing = [key for key in _REQUIRED if spec.get(key) in (None, "")]
+    if missing:
+        raise QalignError(f"{where}: missing key(s) {', '.join(missing)}; see recipes/smollm2-135m/study.yaml.")
+    merged = {**_DEFAULTS, **spec}
+    name = str(merged["name"])
+    if not _NAME.match(name):
+        raise QalignError(f"{where}: name {name!r} must use letters, digits, '.', '_' or '-' (it prefixes datasets).")
+    methods = merged["methods"] if isinstance(merged["methods"], list) else [merged["methods"]]
+    methods = [str(m).lower() for m in methods]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise QalignError(f"{where}: unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}.")
+    overrides = _mapping(merged["overrides"], "overrides", where)
+    for method, value in overrides.items():
+        if method not in (*METHODS, "base"):
+            raise QalignError(f"{where}: overrides.{method}: not a method; use one of {', '.join(METHODS)}, base.")
+        overrides[method] = _mapping(value, f"overrides.{method}", where)
+    boot = _mapping(merged["bootstrap"], "bootstrap", where)
+    teacher = merged["cot_teacher"]
+    return StudyConfig(
+        name=name, model=str(merged["model"]), template=str(merged["template"]),
+        recipes=_resolve(str(merged["recipes"])), train=str(merged["train"]),
+        test=str(merged["test"]), output=Path(merged["output"] or f"reports/{name}"), source=source,
+        top_k=int(merged["top_k"]), prompt=str(merged["prompt"]), methods=list(dict.fromkeys(methods)),
+        seeds=list(dict.fromkeys(_int_list(merged["seeds"], "seeds", where))),
+        cot_teacher=str(_resolve(str(teacher))) if teacher else None,
+        cot_prompt=str(merged["cot_prompt"]), cot_min_f1=float(merged["cot_min_f1"]),
+        train_limit=merged["train_limit"], test_limit=merged["test_limit"],
+        bootstrap_samples=int(boot.get("samples", 1000)), bootstrap_seed=int(boot.get("seed", 0)),
+        level=float(boot.get("level", 0.95)),
+        train_args=_mapping(merged["train_args"], "train_args", where),
+        predict_args=_mapping(merged["predict_args"], "predict_args", where),
+        mining_args=_mapping(merged["mining_args"], "mining_args", where), overrides=overrides, raw=merged,
+    )
+
+
+def load_study(
+    path: str | Path,
+    assignments: list[str] | None = None,
+    *,
+    seeds: list[int] | None = None,
+    methods: list[str] | None = None,
+    output: str | None = None,
+    cot_teacher: str | None = None,
+) -> StudyConfig:
+    """Read study.yaml, apply `key=value` assignments, then the command-line flags (which win)."""
+    spec = read_yaml(path)
+    for assignment in assignments or []:
+        set_dotted(spec, assignment)
+    for key, value in (("seeds", seeds), ("methods", methods), ("output", output), ("cot_teacher", cot_teacher)):
+        if value:
+            spec[key] = value
+    return build_config(spec, Path(path))

@@ -1,0 +1,174 @@
+"""The study as a list of named steps: convert the data, mine preference/KTO data, train, predict, evaluate.
+
+Each step is one `qalign ...` command with a done-marker (the file it writes) and the steps it needs. Runs live in
+OUTPUT/runs/<run>/{train,predict,eval}; <run> is `base` or `<method>-s<seed>`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qalign.study.config import StudyConfig
+
+# Only these keys of `mining_args` reach `qalign convert preference|kto`, as --dashed-options.
+_MINING_KEYS = ("num_samples", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "device",
+                "strategy", "threshold")
+
+
+@dataclass
+class Step:
+    """One command of the study: `qalign ARGV`, done when `done` exists; `check` says why it cannot run."""
+
+    name: str
+    argv: list[str]
+    done: Path
+    needs: tuple[str, ...] = ()
+    run: str | None = None  # the table row (run id) this step produces
+    check: Callable[[], str | None] = field(default=lambda: None, repr=False)
+
+
+def run_id(method: str, seed: int) -> str:
+    return f"{method}-s{seed}"
+
+
+def run_dir(cfg: StudyConfig, run: str) -> Path:
+    return cfg.output / "runs" / run
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def key_values(*layers: dict[str, Any]) -> list[str]:
+    """Merge mappings (later wins) into LLaMA-Factory `key=value` overrides, each key once."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    return [f"{key}={_value(value)}" for key, value in merged.items()]
+
+
+def _file_check(path: Path, what: str) -> Callable[[], str | None]:
+    return lambda: None if path.is_file() else f"{path} not found ({what})"
+
+
+def _converter_check(fmt: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        from qalign.converters.cli import SUBCOMMANDS
+
+        if fmt not in {spec.name for spec in SUBCOMMANDS}:
+            return f"`qalign convert {fmt}` is not available in this qalign"
+        return None
+
+    return check
+
+
+def _all(*checks: Callable[[], str | None]) -> Callable[[], str | None]:
+    return lambda: next((msg for msg in (check() for check in checks) if msg), None)
+
+
+def _data_steps(cfg: StudyConfig) -> list[Step]:
+    data = Path("data")
+    prompt = ["--prompt", cfg.prompt]
+
+    def convert(fmt: str, source: str, what: str, limit: int | None, extra: list[str], prompt: list[str]) -> Step:
+        argv = ["convert", fmt, "--input", source, "--dataset", cfg.dataset(what), "--top-k", str(cfg.top_k),
+                *prompt, *(["--limit", str(limit)] if limit else []), *extra]
+        return Step(f"data {what}", argv, data / f"{cfg.dataset(what)}.json", check=_converter_check(fmt))
+
+    methods = set(cfg.methods)
+    steps = [convert("eval", cfg.test, "test", cfg.test_limit, [], prompt)]
+
+    def used_by(step: Step, *users: str) -> Step:
+        """Skip building a training set when no method that trains on it has a recipe (mining is costly)."""
+        recipes = [cfg.recipe(m) for m in users if m in methods or m == "cot"]
+        missing = f"no recipe uses it ({', '.join(map(str, recipes))} not found)"
+        step.check = _all(step.check, lambda: None if any(r.is_file() for r in recipes) else missing)
+        return step
+
+    if "sft" in methods:
+        steps.append(used_by(convert("alpaca", cfg.train, "train", cfg.train_limit, [], prompt), "sft"))
+    if "grpo" in methods:
+        steps.append(used_by(convert("eval", cfg.train, "grpo", cfg.train_limit, [], prompt), "grpo"))
+    # preference and kto share one sample cache: the model's samples are drawn once
+    mining = ["--model", cfg.model, "--template", cfg.template, "--samples", str(data / f"{cfg.name}_samples.jsonl")]
+    for key in _MINING_KEYS:
+        if key in cfg.mining_args:
+            mining += [f"--{key.replace('_', '-')}", _value(cfg.mining_args[key])]
+    if methods & {"dpo", "orpo"}:
+        steps.append(used_by(convert("preference", cfg.train, "pref", cfg.train_limit, mining, prompt), "dpo", "orpo"))
+    if "kto" in methods:
+        steps.append(used_by(convert("kto", cfg.train, "kto", cfg.train_limit, mining, prompt), "kto"))
+    if cfg.cot_teacher:
+        cot = convert("cot", cfg.train, "cot", cfg.train_limit,
+                      ["--teacher", cfg.cot_teacher, "--min-f1", str(cfg.cot_min_f1)], ["--prompt", cfg.cot_prompt])
+        cot.check = _all(_file_check(Path(cfg.cot_teacher), "cot_teacher"), cot.check)
+        steps.append(used_by(cot, "cot"))
+        if cfg.cot_prompt != cfg.prompt:  # the CoT model is tested with the prompt it was trained on
+            steps.append(convert("eval", cfg.test, "test_cot", cfg.test_limit, [], ["--prompt", cfg.cot_prompt]))
+    return steps
+
+
+_TRAIN_DATA = {"sft": "train", "cot": "cot", "dpo": "pref", "orpo": "pref", "kto": "kto", "grpo": "grpo"}
+
+
+def _test_set(cfg: StudyConfig, method: str) -> str:
+    return "test_cot" if method == "cot" and cfg.cot_prompt != cfg.prompt else "test"
+
+
+def _predict_eval(cfg: StudyConfig, run: str, method: str, adapter: Path | None, needs: tuple[str, ...]) -> list[Step]:
+    folder = run_dir(cfg, run)
+    test = _test_set(cfg, method)
+    predict_over = cfg.overrides.get(method, {}).get("predict") or {}
+    base_args = {"model_name_or_path": cfg.model, "template": cfg.template, "eval_dataset": cfg.dataset(test),
+                 "output_dir": str(folder / "predict")}
+    if adapter is not None:
+        base_args["adapter_name_or_path"] = str(adapter)
+    predictions = folder / "predict" / "generated_predictions.jsonl"
+    recipe = cfg.recipe("predict")
+    return [
+        Step(f"predict {run}", ["train", str(recipe), *key_values(base_args, cfg.predict_args, predict_over)],
+             predictions, (*needs, f"data {test}"), run, _file_check(recipe, "the predict recipe")),
+        Step(f"eval {run}", ["eval", "--predictions", str(predictions), "--gold",
+                             str(Path("data") / f"{cfg.dataset(test)}.json"), "--output", str(folder / "eval")],
+             folder / "eval" / "summary.json", (f"predict {run}",), run),
+    ]
+
+
+def build_plan(cfg: StudyConfig) -> list[Step]:
+    """Every step of the study in run order: data, base predictions, then per seed and method train/predict/eval."""
+    steps = _data_steps(cfg)
+    steps += _predict_eval(cfg, "base", "base", None, ())
+    for seed in cfg.seeds:
+        for method in cfg.row_methods:
+            if method == "cot" and not cfg.cot_teacher:
+                continue
+            run = run_id(method, seed)
+            train_dir = run_dir(cfg, run) / "train"
+            recipe = cfg.recipe(method)
+            overrides = {k: v for k, v in cfg.overrides.get(method, {}).items() if k != "predict"}
+            base_args = {"model_name_or_path": cfg.model, "template": cfg.template,
+                         "dataset": cfg.dataset(_TRAIN_DATA[method]), "output_dir": str(train_dir), "seed": seed}
+            train = Step(f"train {run}", ["train", str(recipe), *key_values(base_args, cfg.train_args, overrides)],
+                         train_dir / "train_results.json", (f"data {_TRAIN_DATA[method]}",), run,
+                         _file_check(recipe, f"no {method.upper()} recipe for this model"))
+            steps.append(train)
+            steps += _predict_eval(cfg, run, method, train_dir, (train.name,))
+    return steps
+
+
+def step_dependencies(steps: list[Step]) -> dict[str, Step]:
+    """Steps by name; a need that no step provides (e.g. `data pref` when dpo is not requested) is an error."""
+    by_name = {step.name: step for step in steps}
+    for step in steps:
+        for need in step.needs:
+            if need not in by_name:
+                raise ValueError(f"step {step.name!r} needs {need!r}, which is not in the plan")
+    return by_name

@@ -1,0 +1,95 @@
+"""`qalign convert cot`: teacher reasoning filtered by answer F1, written as `<think>` SFT rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qalign.cli import main
+from qalign.converters.cot import convert_cot, format_cot, read_teacher, split_output
+from qalign.converters.records import stable_id
+from qalign.errors import QalignError
+from qalign.evaluators.metrics import score_all
+
+RAW = [
+    {"id": "q-paris", "question": "What is the capital of France?", "answers": ["Paris"],
+     "ctxs": [{"title": "France", "text": "Paris is the capital of France."}]},
+    {"question": "Who wrote Pride and Prejudice?", "answers": ["Jane Austen", "Austen"],
+     "ctxs": [{"title": "Novel", "text": "Pride and Prejudice is a novel by Jane Austen."}]},
+    {"question": "What is the capital of Peru?", "answers": ["Lima"], "ctxs": []},
+    {"question": "Which river flows through Rome?", "answers": ["Tiber"], "ctxs": []},
+]
+TEACHER = [
+    {"id": "q-paris", "reasoning": "Passage 1 says Paris is the capital.", "answer": "Paris"},  # kept (F1 1)
+    {"question": "who wrote pride and prejudice", "output": "<think>The passage names the author.</think> Jane Austen"},
+    {"question": "Who wrote Pride and Prejudice?", "reasoning": "weaker", "answer": "Austen"},  # F1 1 too: dup
+    {"question": "What is the capital of Peru?", "reasoning": "I think Cusco.", "answer": "Cusco"},  # low F1
+    {"question": "What is the capital of Chile?", "reasoning": "Santiago.", "answer": "Santiago"},  # unmatched
+    {"question": "Which river flows through Rome?", "answer": "Tiber"},  # no reasoning
+    {"question": "Which river flows through Rome?", "reasoning": "The Tiber river.", "answer": "the Tiber River"},
+]
+
+
+def _write(folder: Path) -> tuple[Path, Path]:
+    raw, teacher = folder / "raw.jsonl", folder / "teacher.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in RAW))
+    teacher.write_text("".join(json.dumps(r) + "\n" for r in TEACHER))
+    return raw, teacher
+
+
+def test_split_and_format() -> None:
+    assert split_output("<think>\nstep one\n</think>\n\nParis") == ("step one", "Paris")
+    assert split_output("just Paris") == ("", "just Paris")
+    assert format_cot(" because ", " Paris ") == "<think>\nbecause\n</think>\n\nParis"
+
+
+def test_convert_cot_keeps_rows_above_the_f1_threshold(tmp_path: Path) -> None:
+    raw, teacher = _write(tmp_path)
+    result, counts = convert_cot(str(raw), teacher, "t_cot", dataset_dir=tmp_path, top_k=1)
+    rows = json.loads((tmp_path / "data/t_cot.json").read_text())
+    # Tiber: "the tiber river" vs "tiber": p = 1/2 ("the" dropped), r = 1 -> F1 0.667 < 0.9 -> dropped
+    assert [row["id"] for row in rows] == ["q-paris", stable_id("Who wrote Pride and Prejudice?")]
+    assert rows[0]["output"] == "<think>\nPassage 1 says Paris is the capital.\n</think>\n\nParis"
+    assert rows[1]["output"] == "<think>\nThe passage names the author.\n</think>\n\nJane Austen"
+    assert "First think inside <think>" in rows[0]["instruction"]  # think_then_answer is the default prompt
+    assert "Passage 1 (France): Paris is the capital of France." in rows[0]["instruction"]
+    assert rows[1]["teacher_f1"] == 1.0
+    assert dict(counts) == {"kept": 2, "duplicate": 1, "low_f1": 2, "unmatched": 1, "no_reasoning": 1}
+    entry = json.loads((tmp_path / "dataset_info.json").read_text())["t_cot"]
+    assert entry["qalign"]["kind"] == "cot" and entry["qalign"]["min_f1"] == 0.9
+    assert entry["qalign"]["prompt"] == "think_then_answer" and result.rows == 2
+
+    # a lower threshold lets the partial Tiber answer in
+    _, looser = convert_cot(str(raw), teacher, "t_cot", dataset_dir=tmp_path, min_f1=0.6)
+    assert looser["kept"] == 3 and looser["low_f1"] == 1
+
+
+def test_convert_cot_command(tmp_path: Path, monkeypatch, capsys) -> None:
+    raw, teacher = _write(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "cot", "--input", str(raw), "--teacher", str(teacher), "--dataset", "c",
+                 "--min-f1", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 3 teacher rows; dropped: 1 unmatched, 1 no reasoning, 1 low f1, 1 duplicate" in out
+    assert "wrote 3 rows to data/c.json" in out
+
+
+def test_bad_teacher_rows_name_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"id": "a", "reasoning": "r"}) + "\n")
+    with pytest.raises(QalignError, match=r"t.jsonl:1: teacher row needs `answer`"):
+        read_teacher(path)
+    path.write_text(json.dumps({"answer": "x"}) + "\n")
+    with pytest.raises(QalignError, match=r"t.jsonl:1: teacher row has neither `id` nor `question`"):
+        read_teacher(path)
+    raw, teacher = _write(tmp_path)
+    with pytest.raises(QalignError, match="no teacher row was kept"):
+        convert_cot(str(raw), teacher, "none", dataset_dir=tmp_path, min_f1=1.01)
+
+
+def test_evaluator_scores_only_the_final_answer() -> None:
+    prediction = format_cot("London is large, but the passage says Paris.", "Paris")
+    assert score_all(prediction, ["Paris"]) == {"subem": 1.0, "em": 1.0, "f1": 1.0}
+    assert score_all(format_cot("Paris is wrong here.", "London"), ["Paris"])["subem"] == 0.0

@@ -1,0 +1,102 @@
+"""`qalign study` end to end on the tiny Qwen3: two methods, a few steps, a report with intervals, a resumable rerun."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO
+
+QALIGN = [sys.executable, "-m", "qalign.cli"]
+RECIPES = REPO / "recipes" / "smollm2-135m"
+CAPITALS = [("france", "paris"), ("japan", "tokyo"), ("italy", "rome"), ("spain", "madrid"), ("peru", "lima")]
+INTERVAL = r"\d+\.\d \[\d+\.\d, \d+\.\d\]"
+
+
+def write_raw(path: Path, n: int, offset: int = 0) -> None:
+    with path.open("w") as handle:
+        for i in range(offset, offset + n):
+            country, city = CAPITALS[i % len(CAPITALS)]
+            handle.write(json.dumps({"question": f"what is the capital of {country} ({i})", "answers": [city],
+                                     "ctxs": [{"title": country.title(), "text": f"{city} is the capital."}]}) + "\n")
+
+
+def second_method() -> str | None:
+    """A real second method whose recipe (and data converter) exists now: dpo if the miner is there, else grpo."""
+    from qalign.converters.cli import SUBCOMMANDS
+
+    converters = {spec.name for spec in SUBCOMMANDS}
+    if (RECIPES / "dpo.yaml").is_file() and "preference" in converters:
+        return "dpo"
+    if (RECIPES / "grpo.yaml").is_file():
+        return "grpo"
+    return None
+
+
+def study_file(folder: Path, model: Path, methods: list[str], seeds: list[int]) -> Path:
+    spec = {
+        "name": "tiny", "model": str(model), "template": "qwen3_nothink", "recipes": str(RECIPES),
+        "train": "train.jsonl", "test": "test.jsonl", "top_k": 1, "methods": methods, "seeds": seeds,
+        "bootstrap": {"samples": 200, "seed": 0},
+        "train_args": {"cutoff_len": 256, "max_steps": 3, "logging_steps": 1, "per_device_train_batch_size": 4,
+                       "learning_rate": 1.0e-2, "use_cpu": True},
+        "predict_args": {"cutoff_len": 256, "max_new_tokens": 6},
+        "mining_args": {"num_samples": 2, "max_new_tokens": 6, "device": "cpu"},
+        "overrides": {"grpo": {"num_generations": 4, "max_completion_length": 6}},
+    }
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_study(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([*QALIGN, "study", "study.yaml", *args], cwd=folder, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, f"qalign study failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def test_study_runs_reports_and_resumes(tiny_qwen3: Path, tmp_path: Path) -> None:
+    write_raw(tmp_path / "train.jsonl", 12)
+    write_raw(tmp_path / "test.jsonl", 6, offset=100)
+    second = second_method()
+    methods, seeds = (["sft", second], [42]) if second else (["sft"], [1, 2])
+    study_file(tmp_path, tiny_qwen3, methods, seeds)
+
+    first = run_study(tmp_path)
+    total = int(re.search(r"^study tiny: (\d+) steps", first.stdout, re.M).group(1))
+    assert total >= 8 and first.stdout.count(": ok (") == total and "skip (done)" not in first.stdout, first.stdout
+    out = tmp_path / "reports" / "tiny"
+    report = (out / "report.md").read_text()
+    for label in ["base", *(methods if second else [f"sft (seed {s})" for s in seeds])]:
+        assert re.search(rf"^\| {re.escape(label)} \| 6 \| {INTERVAL} \| {INTERVAL} \| {INTERVAL} \| ok \|$", report,
+                         re.M), f"no row with intervals for {label}:\n{report}"
+    assert re.search(r"^\| cot \| — .*not run: no teacher file", report, re.M)
+    assert re.search(r"^\| sft.* \| [+-]\d+\.\d \[-?\d+\.\d, -?\d+\.\d\] \|", report, re.M), "no paired Δ vs base"
+    assert "## Wins and losses (SubEM)" in report and "| transformers | 4.56.2 |" in report
+    assert f"| {RECIPES / 'sft.yaml'} | `" in report and "Seeds: training" in report
+    for png in ("training_curves.png", "methods.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "results.json").read_text())
+    base = results["rows"][0]
+    assert base["label"] == "base" and base["subem"]["low"] <= base["subem"]["mean"] <= base["subem"]["high"]
+    assert list((out / "logs").glob("*train-sft*.log"))
+
+    adapters = sorted(out.glob("runs/*/train/adapter_model.safetensors"))
+    assert len(adapters) == 2
+    stamps = [p.stat().st_mtime_ns for p in adapters]
+    again = run_study(tmp_path)
+    assert again.stdout.count("skip (done)") == total, again.stdout
+    assert "running" not in again.stdout
+    assert [p.stat().st_mtime_ns for p in adapters] == stamps, "a finished training step ran again"
+    assert "## Results on the test set" in (out / "report.md").read_text()
+
+    # another seed: only that seed's steps are planned, everything finished is still skipped
+    plan = run_study(tmp_path, "--seeds", *map(str, seeds), "7", "--dry-run").stdout
+    assert re.search(r"train sft-s7: would run qalign train .*seed=7", plan)
+    assert re.search(rf"train sft-s{seeds[0]}: skip \(done\)", plan)

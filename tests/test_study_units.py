@@ -1,0 +1,154 @@
+"""`qalign study` pieces without a model: the study file, the plan, resuming/failing steps, the report's figures."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from qalign.errors import QalignError
+from qalign.evaluators.bootstrap import bootstrap_ci, paired_bootstrap
+from qalign.evaluators.scoring import summarize, write_results
+from qalign.study.config import REPO_ROOT, build_config, load_study
+from qalign.study.plan import Step, build_plan
+from qalign.study.report import NO_TEACHER, collect_rows, write_report
+from qalign.study.runner import StepResult, run_steps
+
+BASE = {"name": "u", "model": "m", "template": "smollm2", "recipes": "recipes/smollm2-135m", "train": "tr.jsonl",
+        "test": "te.jsonl"}
+
+
+def _steps(cfg) -> dict[str, Step]:
+    return {step.name: step for step in build_plan(cfg)}
+
+
+def test_study_file_defaults_overrides_and_errors(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.yaml"
+    path.write_text("name: u\nmodel: m\ntemplate: smollm2\nrecipes: recipes/smollm2-135m\ntrain: a\ntest: b\n"
+                    "overrides: {sft: {max_steps: 5}}\n")
+    cfg = load_study(path, ["overrides.sft.max_steps=7", "train_args.bf16=true", "top_k=3"],
+                     seeds=[1, 2], methods=["sft", "grpo"], output="out/x")
+    assert cfg.methods == ["sft", "grpo"] and cfg.seeds == [1, 2] and cfg.output == Path("out/x")
+    assert cfg.overrides["sft"] == {"max_steps": 7} and cfg.train_args == {"bf16": True} and cfg.top_k == 3
+    assert cfg.recipes == REPO_ROOT / "recipes/smollm2-135m"  # found beside qalign when not in the cwd
+    assert cfg.bootstrap_samples == 1000 and cfg.row_methods == ["sft", "grpo", "cot"]
+    assert build_config(BASE).output == Path("reports/u")
+    for spec, message in [({**BASE, "method": ["sft"]}, "unknown key"), ({**BASE, "methods": ["ppo"]}, "ppo"),
+                          ({**BASE, "name": "a b"}, "must use letters"), ({"name": "u"}, "missing key"),
+                          ({**BASE, "overrides": {"sftt": {}}}, "overrides.sftt: not a method")]:
+        with pytest.raises(QalignError, match=message):
+            build_config(spec)
+
+
+def test_plan_names_datasets_by_study_and_merges_overrides() -> None:
+    cfg = build_config({**BASE, "methods": ["sft", "dpo", "kto", "grpo"], "seeds": [3],
+                        "train_args": {"max_steps": 9, "bf16": True}, "predict_args": {"max_new_tokens": 16},
+                        "overrides": {"grpo": {"max_steps": 4, "predict": {"max_new_tokens": 8}}},
+                        "mining_args": {"num_samples": 2, "ignored": 1}})
+    steps = _steps(cfg)
+    assert list(steps)[:5] == ["data test", "data train", "data grpo", "data pref", "data kto"]
+    assert steps["data pref"].argv[:2] == ["convert", "preference"] and "--num-samples" in steps["data pref"].argv
+    samples = [s.argv[s.argv.index("--samples") + 1] for s in (steps["data pref"], steps["data kto"])]
+    assert samples == ["data/u_samples.jsonl"] * 2  # mined once, shared
+    assert "ignored" not in " ".join(steps["data kto"].argv)
+    grpo = steps["train grpo-s3"].argv
+    assert "dataset=u_grpo" in grpo and "seed=3" in grpo and "max_steps=4" in grpo and "bf16=true" in grpo
+    assert "max_steps=9" not in grpo and not any(a.startswith("predict=") for a in grpo)
+    assert "dataset=u_pref" in steps["train dpo-s3"].argv and "dataset=u_kto" in steps["train kto-s3"].argv
+    assert "max_new_tokens=8" in steps["predict grpo-s3"].argv and "max_new_tokens=16" in steps["predict sft-s3"].argv
+    assert "adapter_name_or_path=reports/u/runs/sft-s3/train" in steps["predict sft-s3"].argv
+    assert not any(a.startswith("adapter_name_or_path") for a in steps["predict base"].argv)
+    assert steps["eval kto-s3"].done == Path("reports/u/runs/kto-s3/eval/summary.json")
+    assert not any("cot" in name for name in steps)
+
+    with_cot = _steps(build_config({**BASE, "methods": ["sft"], "cot_teacher": "t.jsonl"}))
+    assert with_cot["data cot"].argv[:2] == ["convert", "cot"] and "--teacher" in with_cot["data cot"].argv
+    assert "eval_dataset=u_test_cot" in with_cot["predict cot-s42"].argv  # tested with its think prompt
+    assert "--prompt think_then_answer" in " ".join(with_cot["data test_cot"].argv)
+
+
+def test_missing_converter_or_recipe_fails_only_that_method(monkeypatch, tmp_path: Path) -> None:
+    import qalign.converters.cli as converters
+
+    monkeypatch.setattr(converters, "SUBCOMMANDS", [s for s in converters.SUBCOMMANDS if s.name != "preference"])
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    for name in ("dpo.yaml", "predict.yaml"):  # no sft.yaml
+        (recipes / name).write_text("stage: dpo\n")
+    cfg = build_config({**BASE, "methods": ["sft", "dpo"], "recipes": str(recipes), "output": str(tmp_path / "out")})
+    lines: list[str] = []
+    results = run_steps(build_plan(cfg), cfg.output, dry_run=True, echo=lines.append)
+    assert results["data pref"].state == "failed" and "`qalign convert preference` is not available" in \
+        results["data pref"].reason
+    assert results["train dpo-s42"].state == "blocked" and results["eval dpo-s42"].state == "blocked"
+    assert results["train sft-s42"].state == "failed" and "sft.yaml not found" in results["train sft-s42"].reason
+    assert results["data test"].state == "planned" and results["predict base"].state == "planned"
+    assert results["data train"].state == "failed" and "no recipe uses it" in results["data train"].reason
+    assert any(re.match(r"\[\d+/\d+\] train dpo-s42: not run \(`qalign convert preference`", line) for line in lines)
+    rows = {row.label: row for row in collect_rows(cfg, build_plan(cfg), results)}
+    assert rows["dpo"].status.startswith("not run: `qalign convert preference` is not available")
+    assert rows["cot"].status == NO_TEACHER
+
+
+def _raw(path: Path, n: int) -> None:
+    path.write_text("".join(json.dumps({"question": f"q {i}?", "answers": [f"a{i}"]}) + "\n" for i in range(n)))
+
+
+def test_steps_resume_rerun_on_change_and_fail_with_the_log(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _raw(tmp_path / "r.jsonl", 3)
+    first = Step("data a", ["convert", "eval", "--input", "r.jsonl", "--dataset", "a"], Path("data/a.json"))
+    second = Step("data b", ["convert", "alpaca", "--input", "r.jsonl", "--dataset", "b"], Path("data/b.json"),
+                  needs=("data a",))
+    out = tmp_path / "out"
+    assert [r.state for r in run_steps([first, second], out, echo=lambda _: None).values()] == ["ran", "ran"]
+    lines: list[str] = []
+    assert [r.state for r in run_steps([first, second], out, echo=lines.append).values()] == ["done", "done"]
+    assert lines == ["[1/2] data a: skip (done)", "[2/2] data b: skip (done)"]
+    changed = Step(first.name, [*first.argv, "--top-k", "0"], first.done)
+    lines.clear()
+    run_steps([changed, second], out, echo=lines.append)
+    assert lines[0] == "[1/2] data a: running (command changed) ..." and "running (inputs changed)" in lines[2]
+
+    broken = Step("data c", ["convert", "eval", "--input", "missing.jsonl", "--dataset", "c"], Path("data/c.json"))
+    after = Step("data d", second.argv, Path("data/d.json"), needs=("data c",))
+    results = run_steps([broken, after], out, echo=lambda _: None)
+    assert results["data c"].state == "failed" and "missing.jsonl: file not found" in results["data c"].reason
+    assert results["data c"].log and results["data c"].log.is_file()
+    assert results["data d"] == StepResult("blocked", results["data c"].reason)
+
+
+def _fake_eval(folder: Path, scores: dict[str, tuple[float, float, float]]) -> None:
+    rows = [{"id": qid, "question": f"question {qid}", "prediction": f"pred {qid}", "answers": ["gold"],
+             "subem": s, "em": e, "f1": f} for qid, (s, e, f) in scores.items()]
+    write_results(folder, rows, summarize(rows))
+
+
+def test_report_figures_match_the_bootstrap(tmp_path: Path) -> None:
+    cfg = build_config({**BASE, "methods": ["sft", "grpo"], "seeds": [1, 2], "output": str(tmp_path / "r"),
+                        "bootstrap": {"samples": 300, "seed": 4}})
+    ids = [f"q{i}" for i in range(8)]
+    base = dict(zip(ids, [1, 0, 0, 1, 0, 0, 0, 1], strict=True))
+    sft1 = dict(zip(ids, [1, 1, 0, 1, 1, 0, 1, 0], strict=True))
+    sft2 = dict(zip(ids, [1, 1, 1, 1, 0, 0, 1, 1], strict=True))
+    for run, subem in (("base", base), ("sft-s1", sft1), ("sft-s2", sft2)):
+        _fake_eval(cfg.output / "runs" / run / "eval", {q: (float(v), float(v), 0.5 * v) for q, v in subem.items()})
+    report = write_report(cfg, build_plan(cfg), {}, ["study.yaml"]).read_text()
+
+    base_ci = bootstrap_ci(list(map(float, base.values())), 300, 4)
+    assert f"| base | 8 | {base_ci.format()} |" in report
+    delta = paired_bootstrap({q: float(v) for q, v in sft1.items()}, {q: float(v) for q, v in base.items()}, 300, 4)
+    assert re.search(rf"^\| sft \(seed 1\) \| {re.escape(delta.format(signed=True))} \|", report, re.M)
+    mean = bootstrap_ci([(a + b) / 2 for a, b in zip(sft1.values(), sft2.values(), strict=True)], 300, 4)
+    assert f"| sft (mean of seeds 1, 2) | 8 | {mean.format()} |" in report
+    assert re.search(r"^\| grpo \(seed 1\) \| — \| — \| — \| — \| not run \|$", report, re.M)
+    # sft seed 2 wins over base on q1, q2, q6 and over seed 1 on q2, q7; base wins over seed 2 on none
+    assert "| sft (seed 2) | 3 | 2 | — |" in report and "| base | — | 1 | 0 |" in report
+    assert "Examples, base → best method by SubEM (`sft (seed 2)`)" in report and "**3 wins" in report
+    assert "**0 losses" in report and "No training logs found" in report
+    assert (cfg.output / "methods.png").is_file() and not (cfg.output / "training_curves.png").exists()
+    saved = json.loads((cfg.output / "results.json").read_text())["rows"]
+    assert saved[0]["subem"] == {"mean": base_ci.mean, "low": base_ci.low, "high": base_ci.high, "n": 8}
