@@ -13,18 +13,23 @@ LLAMAFACTORY_COMMANDS = ("train", "chat", "export", "webui", "webchat", "api", "
 
 def run_llamafactory(argv: list[str]) -> int:
     """Run `llamafactory-cli ARGV...` in this process, with qalign's extensions registered first."""
-    from qalign.register import register_all; register_all()  # noqa: E702, I001 (one line: register first)
     from llamafactory.cli import main as llamafactory_main
 
+    from qalign.register import register_all
+
+    register_all()  # GRPO stage, webui, torchrun worker: before LLaMA-Factory parses anything
     sys.argv = ["llamafactory-cli", *argv]
     llamafactory_main()
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # imported here so `qalign train ...` (the hot path) does not pay for them
+    from qalign.awq.quantize import add_quantize_parser
     from qalign.converters.cli import add_convert_parser
     from qalign.evaluators.cli import add_eval_parsers
     from qalign.model_setup import add_model_parser
+    from qalign.study.cli import add_study_parser
     from qalign.sweep import add_sweep_parser
 
     parser = argparse.ArgumentParser(
@@ -36,12 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in LLAMAFACTORY_COMMANDS:
         sub.add_parser(name, help=f"LLaMA-Factory `{name}` (run `qalign {name} -h` for its options)", add_help=False)
-    add_convert_parser(sub)
-    add_eval_parsers(sub)
-    add_model_parser(sub)
-    from qalign.awq.quantize import add_quantize_parser; add_quantize_parser(sub)  # noqa: E702, I001
-    add_sweep_parser(sub)
-    from qalign.study.cli import add_study_parser; add_study_parser(sub)  # noqa: E702, I001
+    for add_parser in (add_convert_parser, add_eval_parsers, add_model_parser, add_quantize_parser,
+                       add_sweep_parser, add_study_parser):
+        add_parser(sub)
     return parser
 
 
