@@ -36,8 +36,8 @@ PREF_FROM   ?= base
 PREF_SET    ?= nq_pref$(if $(filter sft,$(PREF_FROM)),_sft)
 KTO_SET     ?= nq_kto$(if $(filter sft,$(PREF_FROM)),_sft)
 NUM_SAMPLES ?= 4
-PREF_LIMIT  ?= $(TRAIN_LIMIT)
-PREF_STEPS  ?= $(MAX_STEPS)
+PREF_LIMIT  ?= $(or $(TRAIN_LIMIT),30)
+PREF_STEPS  ?= 15
 TEMPLATE    ?= $(shell sed -n 's/^template: *//p' $(RECIPES)/sft.yaml)
 MINE_ARGS   ?=
 PREF_ADAPTER = $(if $(filter sft,$(PREF_FROM)),$(OUT)/sft)
@@ -47,7 +47,7 @@ PREF_START   = $(if $(PREF_ADAPTER),adapter_name_or_path=$(PREF_ADAPTER) ref_mod
 # GRPO: prompts + all aliases (an eval-style set made from the train file); the batch holds whole groups
 GRPO_SET   ?= nq_grpo
 GRPO_BATCH ?= 8
-GRPO_STEPS ?= $(MAX_STEPS)
+GRPO_STEPS ?= 10
 SWEEP_ARGS ?=
 
 # the method comparison (recipes/<model>/study.yaml); MODEL / NQ given on the command line override the study file's
