@@ -96,3 +96,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str, example: str, keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Parse a YAML file that must hold a mapping; errors name the file, the line and an example file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise QalignError(f"{path}: {what} not found (e.g. {example}).")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise QalignError(f"{path}:{mark.line + 1 if mark else 1}: malformed YAML ({exc}).") from None
+    if not isinstance(spec, dict):
+        raise QalignError(f"{path}:1: expected a mapping with keys {', '.join(keys)}.")
+    return spec

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qalign.errors import QalignError
-from qalign.io import atomic_write_text
+from qalign.io import atomic_write_text, read_yaml_mapping
 
 TABLE_FILE = "sweep.md"
 _REQUIRED = ("base", "predict", "output_dir", "prompts", "num_generations", "beta")
@@ -65,18 +65,8 @@ def _overrides(value: Any, key: str, path: Path) -> list[str]:
 
 def load_grid(path: str | Path) -> tuple[list[Run], dict[str, Any]]:
     """Read the grid file: every run (variant x num_generations x beta) and the shared settings."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise QalignError(f"{path}: grid file not found (e.g. recipes/smollm2-135m/grpo-sweep.yaml).")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise QalignError(f"{path}:{mark.line + 1 if mark else 1}: malformed YAML ({exc}).") from None
-    if not isinstance(spec, dict):
-        raise QalignError(f"{path}:1: expected a mapping with keys {', '.join(_REQUIRED)}.")
+    spec = read_yaml_mapping(path, "grid file", "recipes/smollm2-135m/grpo-sweep.yaml", _REQUIRED)
     missing = [key for key in _REQUIRED if key not in spec]
     if missing:
         raise QalignError(f"{path}: missing key(s) {', '.join(missing)}; see recipes/smollm2-135m/grpo-sweep.yaml.")

@@ -13,6 +13,7 @@ from typing import Any
 
 import qalign
 from qalign.errors import QalignError
+from qalign.io import read_yaml_mapping
 
 METHODS = ("sft", "dpo", "orpo", "kto", "grpo", "cot")
 RECIPE_FILE = {"sft": "sft.yaml", "cot": "sft.yaml", "dpo": "dpo.yaml", "orpo": "orpo.yaml", "kto": "kto.yaml",
@@ -119,19 +120,7 @@ def _int_list(value: Any, key: str, where: str) -> list[int]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a study file into a mapping, with `file:line` errors."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise QalignError(f"{path}: study file not found (e.g. recipes/smollm2-135m/study.yaml).")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise QalignError(f"{path}:{mark.line + 1 if mark else 1}: malformed YAML ({exc}).") from None
-    if not isinstance(spec, dict):
-        raise QalignError(f"{path}:1: expected a mapping with keys {', '.join(_REQUIRED)}.")
-    return spec
+    return read_yaml_mapping(path, "study file", "recipes/smollm2-135m/study.yaml", _REQUIRED)
 
 
 def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfig:
