@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+from pathlib import Path
 
 from qalign.errors import QalignError
 
@@ -21,6 +23,17 @@ def run_llamafactory(argv: list[str]) -> int:
     sys.argv = ["llamafactory-cli", *argv]
     llamafactory_main()
     return 0
+
+
+def run_in_subprocess(args: list[str], log: Path, header: str = "") -> int:
+    """Run `qalign ARGS` in a fresh process (LLaMA-Factory state does not leak between runs), output to LOG."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") as handle:
+        if header:
+            handle.write(header + "\n")
+            handle.flush()
+        return subprocess.run([sys.executable, "-m", "qalign.cli", *args], stdout=handle,
+                              stderr=subprocess.STDOUT, check=False).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -75,19 +76,25 @@ def iter_json_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, 
         raise QalignError(f"{path}: cannot read ({exc}). Is it a complete, uncorrupted file?") from None
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to path via a temp file in the same folder and an atomic rename."""
+@contextlib.contextmanager
+def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path`; once the block succeeds, make it 0644 and rename it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should read like any other file
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to path via a temp file in the same folder and an atomic rename."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -95,10 +94,9 @@ def load_grid(path: str | Path) -> tuple[list[Run], dict[str, Any]]:
 
 def _qalign(args: list[str], log: Path) -> None:
     """Run `qalign ARGS` in a subprocess (a fresh process per training run), output to LOG; raise on failure."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w", encoding="utf-8") as handle:
-        code = subprocess.run([sys.executable, "-m", "qalign.cli", *args], stdout=handle,
-                              stderr=subprocess.STDOUT, check=False).returncode
+    from qalign.cli import run_in_subprocess
+
+    code = run_in_subprocess(args, log)
     if code != 0:
         tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
         raise QalignError(f"`qalign {' '.join(args)}` exited with {code}; last lines of {log}:\n{tail}")

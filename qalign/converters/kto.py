@@ -24,15 +24,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qalign.converters.prompts import prompt_name
-from qalign.converters.registry import ALPACA_COLUMNS, ConversionResult, alpaca_entry, validate_name, write_dataset
+from qalign.converters.registry import ALPACA_COLUMNS, ConversionResult, alpaca_entry, write_dataset
 from qalign.converters.sampling import (
     SamplingConfig,
     Strategy,
-    default_cache_path,
-    ensure_samples,
     is_correct,
-    load_questions,
-    read_cache,
+    sample_questions,
 )
 from qalign.evaluators.metrics import f1_score, normalize_answer, strip_think, substring_exact_match
 
@@ -122,27 +119,27 @@ def convert_kto(
     max_per_question: int = 2,
 ) -> tuple[ConversionResult, Counter]:
     """Sample (or read cached samples), label and clean them, write `data/<name>.json` and register it for KTO."""
-    validate_name(name)
-    questions, stats = load_questions(source, top_k=top_k, prompt=prompt, limit=limit, split=split, strict=strict)
-    cache = Path(samples) if samples else default_cache_path(dataset_dir, name)
-    texts = ensure_samples(questions, cache, sampling)
+    sampled = sample_questions(source, name, dataset_dir=dataset_dir, top_k=top_k, prompt=prompt, limit=limit,
+                               split=split, strict=strict, sampling=sampling, samples=samples)
     counts: Counter = Counter()
     per_question: list[list[dict[str, Any]]] = []
-    for q in questions:
-        labelled = label_examples(texts[q.id], q.answers, strategy=strategy, threshold=threshold, desirable=desirable)
+    for q in sampled.questions:
+        labelled = label_examples(sampled.texts[q.id], q.answers, strategy=strategy, threshold=threshold,
+                                  desirable=desirable)
         kept, dropped = clean_examples(labelled, q.answers, max_per_question)
         counts.update(dropped)
         counts.update("desirable" if e.desirable else "undesirable" for e in kept)
         per_question.append([{"id": q.id, "question": q.question, "instruction": q.prompt, "input": "",
                               "output": e.text, "kto_tag": e.desirable, "f1": e.f1, "source": e.source}
                              for e in kept])
+    # interleave questions: LLaMA-Factory's KTO pairs each prompt with the previous row's response for its KL term
     rows = [row for rank in zip_longest(*per_question) for row in rank if row is not None]
-    entry = alpaca_entry("kto", source, len(rows), prompt_name(prompt), top_k=top_k, samples=str(cache),
-                         sampling=read_cache(cache)[0], strategy=strategy, threshold=threshold, desirable=desirable,
+    entry = alpaca_entry("kto", source, len(rows), prompt_name(prompt), top_k=top_k, **sampled.entry_metadata(),
+                         strategy=strategy, threshold=threshold, desirable=desirable,
                          max_per_question=max_per_question, desirable_rows=counts["desirable"],
                          undesirable_rows=counts["undesirable"])
     entry["columns"] = dict(KTO_COLUMNS)
-    return write_dataset(dataset_dir, name, rows, entry, stats), counts
+    return write_dataset(dataset_dir, name, rows, entry, sampled.stats), counts
 
 
 def kto_summary(counts: Counter) -> str:

@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from qalign.converters.prompts import prompt_name
-from qalign.converters.registry import ConversionResult, alpaca_entry, validate_name, write_dataset
+from qalign.converters.registry import ConversionResult, alpaca_entry, write_dataset
 from qalign.converters.sampling import (
     SamplingConfig,
     Strategy,
-    default_cache_path,
-    ensure_samples,
     is_correct,
-    load_questions,
-    read_cache,
+    sample_questions,
 )
 from qalign.evaluators.metrics import f1_score, normalize_answer, strip_think, substring_exact_match
 
@@ -96,23 +93,21 @@ def convert_preference(
     max_pairs: int = 2,
 ) -> tuple[ConversionResult, Counter]:
     """Sample (or read cached samples), mine pairs, write `data/<name>.json` and register it as ranking data."""
-    validate_name(name)
-    questions, stats = load_questions(source, top_k=top_k, prompt=prompt, limit=limit, split=split, strict=strict)
-    cache = Path(samples) if samples else default_cache_path(dataset_dir, name)
-    texts = ensure_samples(questions, cache, sampling)
+    sampled = sample_questions(source, name, dataset_dir=dataset_dir, top_k=top_k, prompt=prompt, limit=limit,
+                               split=split, strict=strict, sampling=sampling, samples=samples)
     rows: list[dict[str, Any]] = []
     counts: Counter = Counter()
-    for q in questions:
-        pairs, question_counts = build_pairs(texts[q.id], q.answers, strategy=strategy, threshold=threshold,
+    for q in sampled.questions:
+        pairs, question_counts = build_pairs(sampled.texts[q.id], q.answers, strategy=strategy, threshold=threshold,
                                              max_pairs=max_pairs)
         counts.update(question_counts)
         rows += [{"id": q.id, "question": q.question, "instruction": q.prompt, "input": "", "chosen": p.chosen,
                   "rejected": p.rejected, "chosen_f1": p.chosen_f1, "rejected_f1": p.rejected_f1,
                   "chosen_from": p.chosen_from} for p in pairs]
-    entry = alpaca_entry("preference", source, len(rows), prompt_name(prompt), top_k=top_k, samples=str(cache),
-                         sampling=read_cache(cache)[0], strategy=strategy, threshold=threshold, max_pairs=max_pairs)
+    entry = alpaca_entry("preference", source, len(rows), prompt_name(prompt), top_k=top_k,
+                         **sampled.entry_metadata(), strategy=strategy, threshold=threshold, max_pairs=max_pairs)
     entry.update(ranking=True, columns=dict(RANKING_COLUMNS))
-    return write_dataset(dataset_dir, name, rows, entry, stats), counts
+    return write_dataset(dataset_dir, name, rows, entry, sampled.stats), counts
 
 
 def pair_summary(counts: Counter) -> str:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from qalign.converters.prompts import load_prompt, render_prompt
 from qalign.converters.records import LoadStats, load_records
+from qalign.converters.registry import validate_name
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import f1_score, score_all, substring_exact_match
 
@@ -288,6 +289,30 @@ def load_questions(source: str, *, top_k: int, prompt: str, limit: int | None, s
         raise QalignError(f"{source}: id {dup!r} is used by several questions; sample caches are keyed by id. "
                           "Make the ids unique or drop the 'id' field.")
     return questions, stats
+
+
+@dataclass(frozen=True)
+class SampledQuestions:
+    """Questions of a source with their N sampled answers (from the cache, generating what is missing)."""
+
+    questions: list[Question]
+    stats: LoadStats
+    cache: Path
+    texts: dict[str, list[str]]
+
+    def entry_metadata(self) -> dict[str, Any]:
+        """What a dataset built from these samples records in its dataset_info.json `qalign` block."""
+        return {"samples": str(self.cache), "sampling": read_cache(self.cache)[0]}
+
+
+def sample_questions(source: str, name: str, *, dataset_dir: str | Path, top_k: int, prompt: str, limit: int | None,
+                     split: str, strict: bool, sampling: SamplingConfig | None,
+                     samples: str | Path | None) -> SampledQuestions:
+    """The shared first half of `convert preference` and `convert kto`: load, then sample or read the cache."""
+    validate_name(name)
+    questions, stats = load_questions(source, top_k=top_k, prompt=prompt, limit=limit, split=split, strict=strict)
+    cache = Path(samples) if samples else default_cache_path(dataset_dir, name)
+    return SampledQuestions(questions, stats, cache, ensure_samples(questions, cache, sampling))
 
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig | None:

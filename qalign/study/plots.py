@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qalign.io import atomic_target
+
 CURVES_FILE = "training_curves.png"
 METHODS_FILE = "methods.png"
 
@@ -46,18 +48,8 @@ def _pyplot():
 
 def _save(fig: Any, path: Path) -> None:
     """Save atomically: render into a temp file beside the target, then rename."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
 def plot_training_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> bool:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,6 @@ from pathlib import Path
 from qalign.io import atomic_write_json
 from qalign.study.plan import Step, step_dependencies
 
-QALIGN = [sys.executable, "-m", "qalign.cli"]
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -63,11 +60,9 @@ def _error_line(log: Path) -> str:
 
 
 def _execute(step: Step, log: Path) -> int:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w", encoding="utf-8") as handle:
-        handle.write(f"$ {command_line(step)}\n")
-        handle.flush()
-        return subprocess.run([*QALIGN, *step.argv], stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
+    from qalign.cli import run_in_subprocess
+
+    return run_in_subprocess(step.argv, log, header=f"$ {command_line(step)}")
 
 
 def _blocked_by(step: Step, results: dict[str, StepResult]) -> StepResult | None:
