@@ -130,8 +130,11 @@ def _summary(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def run_smollm2(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """3a: bf16 vs AWQ SmolLM2, base and LoRA-SFT, dev-set SubEM/F1 through qalign's own commands."""
+def run_smollm2(args: argparse.Namespace, results: dict[str, Any], save: Any = lambda: None) -> None:
+    """3a: bf16 vs AWQ SmolLM2, base and LoRA-SFT, dev-set SubEM/F1 through qalign's own commands.
+
+    Resumable: a step whose output is already in `args.work` is skipped, so a run cut off by a time limit goes on
+    where it stopped when called again with the same --work. `save()` runs after every step (partial results)."""
     work, logs = args.work / "smol", args.work / "logs" / "smollm2.log"
     train, dev = args.smol_train, args.smol_dev or Path(str(args.smol_train).replace("train", "dev"))
     limit = lambda n: ["--limit", str(n)] if n else []  # noqa: E731
@@ -140,39 +143,49 @@ def run_smollm2(args: argparse.Namespace, results: dict[str, Any]) -> None:
     results["smollm2"] = state = {"ok": False, "models": table, "seconds": steps, "train": str(train), "dev": str(dev),
                                   "sft_steps": args.smol_steps, "group_size": args.smol_group_size}
 
-    def qalign(name: str, *cmd: str, timeout: int = 600) -> None:
-        code, steps[name] = _run([*QALIGN, *cmd], logs, timeout)
+    def step(name: str, done: Path, cmd: list[str]) -> None:
+        if done.exists():
+            print(f"== smollm2 {name}: done before ({done.name} exists), skipped", flush=True)
+            return
+        print(f"== smollm2 {name} ...", flush=True)
+        code, steps[name] = _run(cmd, logs, 600)
         state["log_tail"] = _tail(logs, 60)
+        print(f"   exit {code} ({steps[name]:.0f} s)", flush=True)
+        save()
         if code:
-            state["error"] = f"`qalign {' '.join(cmd)}` failed (exit {code})"
+            state["error"] = f"`{' '.join(cmd)}` failed (exit {code})"
             raise RuntimeError(f"{state['error']}:\n{_tail(logs, 40)}")
 
-    qalign("convert", "convert", "alpaca", "--input", str(train), "--dataset", "smol_train", "--dataset-dir", str(work),
-           *limit(args.smol_train_limit))
-    qalign("convert-dev", "convert", "eval", "--input", str(dev), "--dataset", "smol_dev", "--dataset-dir", str(work),
-           *limit(args.smol_dev_limit))
+    data = work / "data"
+    step("convert", data / "smol_train.json", [*QALIGN, "convert", "alpaca", "--input", str(train), "--dataset",
+                                               "smol_train", "--dataset-dir", str(work), *limit(args.smol_train_limit)])
+    step("convert-dev", data / "smol_dev.json", [*QALIGN, "convert", "eval", "--input", str(dev), "--dataset",
+                                                 "smol_dev", "--dataset-dir", str(work), *limit(args.smol_dev_limit)])
     awq_dir, bf16_dir = work / "smollm2-awq", work / "smollm2-bf16"
-    qalign("quantize", "quantize", "awq", "--model", str(args.smollm2), "--output", str(awq_dir), "--force",
-           "--group-size", str(args.smol_group_size), "--calib", str(work / "data" / "smol_train.json"))
-    code, steps["bf16-copy"] = _run([sys.executable, "-c", (
+    step("quantize", awq_dir / "qalign_quantize.json", [
+        *QALIGN, "quantize", "awq", "--model", str(args.smollm2), "--output", str(awq_dir), "--force",
+        "--group-size", str(args.smol_group_size), "--calib", str(data / "smol_train.json")])
+    step("bf16-copy", bf16_dir / "config.json", [sys.executable, "-c", (
         "import sys, torch; from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; "
         "M.from_pretrained(sys.argv[1], torch_dtype=torch.bfloat16).save_pretrained(sys.argv[2]); "
-        "T.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])"), str(args.smollm2), str(bf16_dir)], logs, 600)
-    if code:
-        state["error"] = "bf16 copy failed"
-        raise RuntimeError(f"bf16 copy failed:\n{_tail(logs, 40)}")
+        "T.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])"), str(args.smollm2), str(bf16_dir)])
     for variant, model, dtype in (("bf16", bf16_dir, "bf16=true"), ("awq", awq_dir, "fp16=true")):
         common = [f"model_name_or_path={model}", f"dataset_dir={work}", dtype]
-        table[variant] = row = {"disk_mb": sum(f.stat().st_size for f in model.iterdir()) / 1e6}
-        qalign(f"{variant}-sft", "train", str(SMOL_RECIPES / "sft.yaml"), *common, "dataset=smol_train",
-               f"output_dir={work / variant / 'sft'}", f"max_steps={args.smol_steps}")
-        for method, adapter in (("base", []), ("sft", [f"adapter_name_or_path={work / variant / 'sft'}"])):
+        table[variant] = row = {"weights_mb": sum(f.stat().st_size for f in model.glob("*.safetensors")) / 1e6}
+        adapter_dir = work / variant / "sft"
+        step(f"{variant}-sft", adapter_dir / "adapter_config.json", [
+            *QALIGN, "train", str(SMOL_RECIPES / "sft.yaml"), *common, "dataset=smol_train",
+            f"output_dir={adapter_dir}", f"max_steps={args.smol_steps}"])
+        for method, adapter in (("base", []), ("sft", [f"adapter_name_or_path={adapter_dir}"])):
             pred = work / variant / f"predict-{method}"
-            qalign(f"{variant}-predict-{method}", "train", str(SMOL_RECIPES / "predict.yaml"), *common, *adapter,
-                   "eval_dataset=smol_dev", f"output_dir={pred}")
-            qalign(f"{variant}-eval-{method}", "eval", "--predictions", str(pred / "generated_predictions.jsonl"),
-                   "--gold", str(work / "data" / "smol_dev.json"), "--output", str(pred / "eval"))
+            step(f"{variant}-predict-{method}", pred / "generated_predictions.jsonl", [
+                *QALIGN, "train", str(SMOL_RECIPES / "predict.yaml"), *common, *adapter, "eval_dataset=smol_dev",
+                f"output_dir={pred}", f"per_device_eval_batch_size={args.smol_predict_batch}"])
+            step(f"{variant}-eval-{method}", pred / "eval" / "summary.json", [
+                *QALIGN, "eval", "--predictions", str(pred / "generated_predictions.jsonl"),
+                "--gold", str(data / "smol_dev.json"), "--output", str(pred / "eval")])
             row[method] = _summary(pred / "eval" / "summary.json")
+            save()
     state.update(ok=True, quantize_info=_summary(awq_dir / "qalign_quantize.json"))
 
 
@@ -206,16 +219,18 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     if smol_state:
         seconds, state = smol_state.get("seconds", {}), smol_state
         status = "" if state.get("ok") else f"; FAILED: {state.get('error')}"
-        lines += ["", f"SmolLM2: AWQ group {state.get('group_size')}, quantize {_f(seconds.get('quantize'), 0)} s, "
-                  f"LoRA SFT {state.get('sft_steps')} steps; train {state.get('train')}, dev {state.get('dev')}"
-                  + status]
+        if stages:
+            lines.append("")
+        lines.append(f"SmolLM2: AWQ group {state.get('group_size')}, quantize {_f(seconds.get('quantize'), 0)} s, "
+                     f"LoRA SFT {state.get('sft_steps')} steps; train {state.get('train')}, dev {state.get('dev')}"
+                     + status)
     if smol:
-        lines += ["", "| SmolLM2-135M | disk MB | base SubEM | base F1 | SFT SubEM | SFT F1 | n |",
+        lines += ["", "| SmolLM2-135M | weights MB | base SubEM | base F1 | SFT SubEM | SFT F1 | n |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for variant, row in smol.items():
             base, sft = row.get("base", {}), row.get("sft", {})
             pct = lambda s, k: _f(100 * s[k], 1) if k in s else "—"  # noqa: E731
-            lines.append(f"| {variant} | {row['disk_mb']:.0f} | {pct(base, 'subem')} | {pct(base, 'f1')} | "
+            lines.append(f"| {variant} | {row['weights_mb']:.0f} | {pct(base, 'subem')} | {pct(base, 'f1')} | "
                          f"{pct(sft, 'subem')} | {pct(sft, 'f1')} | {base.get('n', '—')} |")
     return "\n".join(lines) + "\n"
 
@@ -252,6 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smol-train-limit", type=int, default=0)
     parser.add_argument("--smol-dev-limit", type=int, default=0)
     parser.add_argument("--smol-steps", type=int, default=60, help="LoRA SFT steps (the recipe's max_steps)")
+    parser.add_argument("--smol-predict-batch", type=int, default=64, help="prompts per generation batch")
     parser.add_argument("--smol-group-size", type=int, default=64, help="576 = SmolLM2's width is not a multiple "
                         "of 128; 64 is the largest AWQ group that divides it")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -302,25 +318,32 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     meta = _meta()
+
+    def save() -> str:
+        """The table so far; with $OUT set, also written there (so a run cut off by a time limit leaves its part)."""
+        table = markdown(results, meta)
+        out = os.environ.get("OUT")
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            logs = {k: v.get("log_tail", "") for k, v in results.items() if isinstance(v, dict)}
+            kept = {k: ({x: y for x, y in v.items() if x != "log_tail"} if isinstance(v, dict) else v)
+                    for k, v in results.items()}
+            (Path(out) / "awq_bench.json").write_text(json.dumps({"meta": meta, "results": kept}, indent=2,
+                                                                 default=str) + "\n")
+            (Path(out) / "awq_bench.md").write_text(table)
+            (Path(out) / "awq_bench_logs.txt").write_text("\n\n".join(f"== {k}\n{v}" for k, v in logs.items()))
+        return table
+
     try:
         if args.stages:
             build_inputs(args)
             run_stages(args, results)
         if args.smollm2:
-            run_smollm2(args, results)
+            run_smollm2(args, results, save)
     except Exception as exc:  # report what was measured before the failure
         results["error"] = f"{type(exc).__name__}: {exc}"
         print(results["error"], file=sys.stderr)
-    table = markdown(results, meta)
-    print(table)
-    out = os.environ.get("OUT")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        logs = {k: v.pop("log_tail", "") for k, v in results.items() if isinstance(v, dict)}
-        (Path(out) / "awq_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2,
-                                                             default=str) + "\n")
-        (Path(out) / "awq_bench.md").write_text(table)
-        (Path(out) / "awq_bench_logs.txt").write_text("\n\n".join(f"== {k}\n{v}" for k, v in logs.items()))
+    print(save())
     return 0 if all(r.get("ok") for r in results.values() if isinstance(r, dict)) and "error" not in results else 1
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-check LoRA on an AWQ 4-bit base on a CUDA GPU (bench/RESULTS.md, "LoRA on AWQ"). Each part fits in about
-# 10 minutes on one H100; `all` runs the three in turn.
+# 10 minutes on one H100 (smollm2 resumes where it stopped when run again); `all` runs the three in turn.
 #   bash bench/awq_smoke.sh sft       # Qwen3-8B-shaped AWQ: SFT (Liger fused loss / none / + qalign's AWQ
 #                                     # backward), predict 16 and 1 prompts at a time
 #   bash bench/awq_smoke.sh stages    # Qwen3-8B-shaped AWQ: DPO, ORPO, KTO, GRPO (+ qalign's AWQ backward)
@@ -18,7 +18,7 @@ SMOL=${SMOL:-models/smollm2-135m-instruct}
 smol_data=()
 if [ -f .nq/nq-open-top5.train.jsonl.gz ] && [ -f .nq/nq-open-top5.dev.jsonl.gz ]; then
   smol_data=(--smol-train .nq/nq-open-top5.train.jsonl.gz --smol-dev .nq/nq-open-top5.dev.jsonl.gz
-             --smol-dev-limit 300 --smol-steps 250)
+             --smol-dev-limit 300 --smol-steps 100)
 fi
 
 run_part() {

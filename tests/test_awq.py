@@ -366,3 +366,59 @@ def test_bench_stage_runs_on_cpu_with_a_plain_tiny_model(tmp_path: Path) -> None
     assert all(done == total > 0 for done, total in measured["lora_b_nonzero"].values())
     assert set(measured["lora_b_nonzero"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                "down_proj"}
+
+
+def test_bench_smollm2_resumes_after_a_cut_off_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """3a runs longer than one 10-minute GPU call: a second call with the same --work skips the finished steps."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import awq_bench
+
+    ran: list[list[str]] = []
+    failed_once: list[bool] = []
+
+    def fake_run(cmd: list[str], log: Path, timeout: int) -> tuple[int, float]:
+        """Stand-in for the subprocess: write what the real step writes; fail once at the AWQ SFT."""
+        ran.append(cmd)
+        joined = " ".join(cmd)
+        if "smollm2-awq" in joined and "sft.yaml" in joined and not failed_once:
+            failed_once.append(True)
+            return 1, 0.1
+        work = tmp_path / "smol"
+        out = next((c.split("=", 1)[1] for c in cmd if c.startswith("output_dir=")), None)
+        if "convert" in cmd:
+            name = cmd[cmd.index("--dataset") + 1]
+            (work / "data").mkdir(parents=True, exist_ok=True)
+            (work / "data" / f"{name}.json").write_text("[]")
+        elif "quantize" in cmd:
+            (work / "smollm2-awq").mkdir(parents=True)
+            (work / "smollm2-awq" / "qalign_quantize.json").write_text('{"group_size": 64}')
+        elif "eval" in cmd:
+            target = Path(cmd[cmd.index("--output") + 1])
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "summary.json").write_text('{"n": 3, "subem": 0.5, "em": 0.25, "f1": 0.4}')
+        elif out and "predict.yaml" in joined:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "generated_predictions.jsonl").write_text("")
+        elif out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "adapter_config.json").write_text("{}")
+        else:  # the bf16 copy
+            (work / "smollm2-bf16").mkdir(parents=True)
+            (work / "smollm2-bf16" / "config.json").write_text("{}")
+        return 0, 0.1
+
+    monkeypatch.setattr(awq_bench, "_run", fake_run)
+    args = awq_bench.parse_args(["--smollm2", "unused", "--work", str(tmp_path)])
+    saves: list[int] = []
+    first: dict = {}
+    with pytest.raises(RuntimeError, match="failed"):
+        awq_bench.run_smollm2(args, first, lambda: saves.append(len(ran)))
+    assert first["smollm2"]["models"]["bf16"]["sft"]["subem"] == 0.5 and not first["smollm2"]["ok"]
+    assert saves, "partial results are saved after each step"
+    ran.clear()
+    second: dict = {}
+    awq_bench.run_smollm2(args, second)
+    steps = [" ".join(cmd) for cmd in ran]
+    assert len(steps) == 5 and all("awq" in step for step in steps)  # awq: sft, predict+eval base and sft
+    assert second["smollm2"]["ok"] and second["smollm2"]["models"]["awq"]["base"]["f1"] == 0.4
+    assert "| awq |" in awq_bench.markdown(second, {})

@@ -70,6 +70,38 @@ def test_plan_names_datasets_by_study_and_merges_overrides() -> None:
     assert "--prompt think_then_answer" in " ".join(with_cot["data test_cot"].argv)
 
 
+def test_from_sft_mines_from_each_seeds_sft_run_and_continues_its_adapter() -> None:
+    cfg = build_config({**BASE, "methods": ["dpo", "kto", "sft", "orpo"], "from_sft": ["dpo", "kto"],
+                        "seeds": [1, 2], "mining_args": {"num_samples": 2}})
+    assert cfg.row_methods == ["sft", "dpo", "kto", "orpo", "cot"] and cfg.label("dpo") == "dpo (from sft)"
+    plan = build_plan(cfg)
+    steps = {step.name: step for step in plan}
+    order = list(steps)
+    assert "data kto" not in steps and "data pref" in steps  # orpo still starts from the base model
+    for seed in (1, 2):
+        adapter = f"reports/u/runs/sft-s{seed}/train"
+        pref, kto = steps[f"data pref_sft-s{seed}"], steps[f"data kto_sft-s{seed}"]
+        for mined in (pref, kto):
+            assert mined.needs == (f"train sft-s{seed}",)
+            assert mined.argv[mined.argv.index("--adapter") + 1] == adapter
+            assert mined.argv[mined.argv.index("--samples") + 1] == f"data/u_samples_sft-s{seed}.jsonl"
+        dpo = steps[f"train dpo-s{seed}"]
+        assert {f"dataset=u_pref_sft-s{seed}", f"adapter_name_or_path={adapter}", "ref_model=m",
+                f"ref_model_adapters={adapter}"} <= set(dpo.argv)
+        assert dpo.needs == (f"data pref_sft-s{seed}", f"train sft-s{seed}")
+        assert f"dataset=u_kto_sft-s{seed}" in steps[f"train kto-s{seed}"].argv
+        assert order.index(f"train sft-s{seed}") < order.index(f"data pref_sft-s{seed}") < order.index(
+            f"train dpo-s{seed}")
+    orpo = steps["train orpo-s1"].argv
+    assert "dataset=u_pref" in orpo and not any(a.startswith(("adapter_name_or_path", "ref_model")) for a in orpo)
+    labels = [row.label for row in collect_rows(cfg, plan, {})]
+    assert "dpo (from sft) (seed 1)" in labels and "orpo (seed 2)" in labels
+    for spec, message in [({**BASE, "from_sft": ["grpo"]}, "grpo cannot start from SFT"),
+                          ({**BASE, "methods": ["dpo"], "from_sft": "dpo"}, "sft is not in methods")]:
+        with pytest.raises(QalignError, match=message):
+            build_config(spec)
+
+
 def test_missing_converter_or_recipe_fails_only_that_method(monkeypatch, tmp_path: Path) -> None:
     import qalign.converters.cli as converters
 

@@ -25,8 +25,10 @@ _DEFAULTS: dict[str, Any] = {
     "top_k": 5, "prompt": "answer_only", "methods": ["sft", "dpo", "orpo", "kto", "grpo"], "seeds": [42],
     "cot_teacher": None, "cot_prompt": "think_then_answer", "cot_min_f1": 0.9, "train_limit": None,
     "test_limit": None, "output": None, "bootstrap": {}, "train_args": {}, "predict_args": {}, "mining_args": {},
-    "overrides": {},
+    "overrides": {}, "from_sft": [],
 }
+# methods that can continue the SFT adapter instead of starting from the base model (`from_sft`)
+FROM_SFT_METHODS = ("dpo", "orpo", "kto")
 
 
 @dataclass
@@ -57,6 +59,7 @@ class StudyConfig:
     predict_args: dict[str, Any] = field(default_factory=dict)
     mining_args: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    from_sft: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, what: str) -> str:
@@ -68,8 +71,16 @@ class StudyConfig:
 
     @property
     def row_methods(self) -> list[str]:
-        """The table's methods: `methods`, then always cot (trained only when `cot_teacher` is given)."""
-        return [m for m in self.methods if m != "cot"] + ["cot"]
+        """The table's methods: `methods` (sft first when others continue it), then always cot (trained only when
+        `cot_teacher` is given)."""
+        methods = [m for m in self.methods if m != "cot"]
+        if self.from_sft:
+            methods.sort(key=lambda m: m != "sft")
+        return methods + ["cot"]
+
+    def label(self, method: str) -> str:
+        """The method's name in the report: `dpo (from sft)` when it continues the SFT adapter."""
+        return f"{method} (from sft)" if method in self.from_sft else method
 
 
 def _resolve(path: str) -> Path:
@@ -118,6 +129,19 @@ def _int_list(value: Any, key: str, where: str) -> list[int]:
     return out
 
 
+def _from_sft(value: Any, methods: list[str], where: str) -> list[str]:
+    """`from_sft`: the preference methods that mine from and continue the SFT run of the same seed."""
+    chosen = [str(m).lower() for m in (value if isinstance(value, list) else [value] if value else [])]
+    bad = [m for m in chosen if m not in FROM_SFT_METHODS]
+    if bad:
+        raise QalignError(f"{where}: from_sft: {', '.join(bad)} cannot start from SFT; choose from "
+                          f"{', '.join(FROM_SFT_METHODS)}, e.g. from_sft: [dpo, orpo, kto].")
+    if chosen and "sft" not in methods:
+        raise QalignError(f"{where}: from_sft: {', '.join(chosen)} continue the SFT run, but sft is not in methods; "
+                          "add it, e.g. methods: [sft, dpo].")
+    return [m for m in dict.fromkeys(chosen) if m in methods]
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a study file into a mapping, with `file:line` errors."""
     return read_yaml_mapping(path, "study file", "recipes/smollm2-135m/study.yaml", _REQUIRED)
@@ -148,6 +172,7 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
             raise QalignError(f"{where}: overrides.{method}: not a method; use one of {', '.join(METHODS)}, base.")
         overrides[method] = _mapping(value, f"overrides.{method}", where)
     boot = _mapping(merged["bootstrap"], "bootstrap", where)
+    from_sft = _from_sft(merged["from_sft"], methods, where)
     teacher = merged["cot_teacher"]
     return StudyConfig(
         name=name, model=str(merged["model"]), template=str(merged["template"]),
@@ -162,7 +187,8 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
         level=float(boot.get("level", 0.95)),
         train_args=_mapping(merged["train_args"], "train_args", where),
         predict_args=_mapping(merged["predict_args"], "predict_args", where),
-        mining_args=_mapping(merged["mining_args"], "mining_args", where), overrides=overrides, raw=merged,
+        mining_args=_mapping(merged["mining_args"], "mining_args", where), overrides=overrides,
+        from_sft=from_sft, raw=merged,
     )
 
 

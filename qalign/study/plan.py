@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,45 +74,58 @@ def _all(*checks: Callable[[], str | None]) -> Callable[[], str | None]:
     return lambda: next((msg for msg in (check() for check in checks) if msg), None)
 
 
-def _data_steps(cfg: StudyConfig) -> list[Step]:
-    data = Path("data")
-    prompt = ["--prompt", cfg.prompt]
+def _convert(cfg: StudyConfig, fmt: str, source: str, what: str, limit: int | None, extra: list[str],
+             prompt: list[str]) -> Step:
+    """`qalign convert FMT` into the study-namespaced dataset `<name>_<what>`."""
+    argv = ["convert", fmt, "--input", source, "--dataset", cfg.dataset(what), "--top-k", str(cfg.top_k),
+            *prompt, *(["--limit", str(limit)] if limit else []), *extra]
+    return Step(f"data {what}", argv, Path("data") / f"{cfg.dataset(what)}.json", check=_converter_check(fmt))
 
-    def convert(fmt: str, source: str, what: str, limit: int | None, extra: list[str], prompt: list[str]) -> Step:
-        argv = ["convert", fmt, "--input", source, "--dataset", cfg.dataset(what), "--top-k", str(cfg.top_k),
-                *prompt, *(["--limit", str(limit)] if limit else []), *extra]
-        return Step(f"data {what}", argv, data / f"{cfg.dataset(what)}.json", check=_converter_check(fmt))
 
-    methods = set(cfg.methods)
-    steps = [convert("eval", cfg.test, "test", cfg.test_limit, [], prompt)]
+def _used_by(cfg: StudyConfig, step: Step, *users: str) -> Step:
+    """Skip building a training set when no method that trains on it has a recipe (mining is costly)."""
+    recipes = [cfg.recipe(m) for m in users if m in cfg.methods or m == "cot"]
+    missing = f"no recipe uses it ({', '.join(map(str, recipes))} not found)"
+    step.check = _all(step.check, lambda: None if any(r.is_file() for r in recipes) else missing)
+    return step
 
-    def used_by(step: Step, *users: str) -> Step:
-        """Skip building a training set when no method that trains on it has a recipe (mining is costly)."""
-        recipes = [cfg.recipe(m) for m in users if m in methods or m == "cot"]
-        missing = f"no recipe uses it ({', '.join(map(str, recipes))} not found)"
-        step.check = _all(step.check, lambda: None if any(r.is_file() for r in recipes) else missing)
-        return step
 
-    if "sft" in methods:
-        steps.append(used_by(convert("alpaca", cfg.train, "train", cfg.train_limit, [], prompt), "sft"))
-    if "grpo" in methods:
-        steps.append(used_by(convert("eval", cfg.train, "grpo", cfg.train_limit, [], prompt), "grpo"))
-    # preference and kto share one sample cache: the model's samples are drawn once
-    mining = ["--model", cfg.model, "--template", cfg.template, "--samples", str(data / f"{cfg.name}_samples.jsonl")]
+def _mined_steps(cfg: StudyConfig, methods: set[str], suffix: str, adapter: Path | None) -> list[Step]:
+    """DPO/ORPO pairs and KTO labels from the model's own samples (drawn once, shared by both through one cache);
+    with `adapter`, sampled from the model + that LoRA adapter. Datasets `<name>_pref<suffix>`, `<name>_kto<suffix>`."""
+    mining = ["--model", cfg.model, "--template", cfg.template,
+              "--samples", str(Path("data") / f"{cfg.name}_samples{suffix}.jsonl")]
+    if adapter is not None:
+        mining += ["--adapter", str(adapter)]
     for key in _MINING_KEYS:
         if key in cfg.mining_args:
             mining += [f"--{key.replace('_', '-')}", _value(cfg.mining_args[key])]
+    prompt, steps = ["--prompt", cfg.prompt], []
     if methods & {"dpo", "orpo"}:
-        steps.append(used_by(convert("preference", cfg.train, "pref", cfg.train_limit, mining, prompt), "dpo", "orpo"))
+        pref = _convert(cfg, "preference", cfg.train, f"pref{suffix}", cfg.train_limit, mining, prompt)
+        steps.append(_used_by(cfg, pref, *sorted(methods & {"dpo", "orpo"})))
     if "kto" in methods:
-        steps.append(used_by(convert("kto", cfg.train, "kto", cfg.train_limit, mining, prompt), "kto"))
+        steps.append(_used_by(cfg, _convert(cfg, "kto", cfg.train, f"kto{suffix}", cfg.train_limit, mining, prompt),
+                              "kto"))
+    return steps
+
+
+def _data_steps(cfg: StudyConfig) -> list[Step]:
+    prompt = ["--prompt", cfg.prompt]
+    methods = set(cfg.methods)
+    steps = [_convert(cfg, "eval", cfg.test, "test", cfg.test_limit, [], prompt)]
+    if "sft" in methods:
+        steps.append(_used_by(cfg, _convert(cfg, "alpaca", cfg.train, "train", cfg.train_limit, [], prompt), "sft"))
+    if "grpo" in methods:
+        steps.append(_used_by(cfg, _convert(cfg, "eval", cfg.train, "grpo", cfg.train_limit, [], prompt), "grpo"))
+    steps += _mined_steps(cfg, methods - set(cfg.from_sft), "", None)  # from the base model
     if cfg.cot_teacher:
-        cot = convert("cot", cfg.train, "cot", cfg.train_limit,
-                      ["--teacher", cfg.cot_teacher, "--min-f1", str(cfg.cot_min_f1)], ["--prompt", cfg.cot_prompt])
+        cot = _convert(cfg, "cot", cfg.train, "cot", cfg.train_limit,
+                       ["--teacher", cfg.cot_teacher, "--min-f1", str(cfg.cot_min_f1)], ["--prompt", cfg.cot_prompt])
         cot.check = _all(_file_check(Path(cfg.cot_teacher), "cot_teacher"), cot.check)
-        steps.append(used_by(cot, "cot"))
+        steps.append(_used_by(cfg, cot, "cot"))
         if cfg.cot_prompt != cfg.prompt:  # the CoT model is tested with the prompt it was trained on
-            steps.append(convert("eval", cfg.test, "test_cot", cfg.test_limit, [], ["--prompt", cfg.cot_prompt]))
+            steps.append(_convert(cfg, "eval", cfg.test, "test_cot", cfg.test_limit, [], ["--prompt", cfg.cot_prompt]))
     return steps
 
 
@@ -143,10 +156,13 @@ def _predict_eval(cfg: StudyConfig, run: str, method: str, adapter: Path | None,
 
 
 def build_plan(cfg: StudyConfig) -> list[Step]:
-    """Every step of the study in run order: data, base predictions, then per seed and method train/predict/eval."""
+    """Every step of the study in run order: data, base predictions, then per seed and method train/predict/eval
+    (methods in `from_sft`: after SFT, their data mined from the SFT model, training continuing its adapter)."""
     steps = _data_steps(cfg)
     steps += _predict_eval(cfg, "base", "base", None, ())
     for seed in cfg.seeds:
+        sft_run = run_id("sft", seed)
+        sft_adapter = run_dir(cfg, sft_run) / "train"
         for method in cfg.row_methods:
             if method == "cot" and not cfg.cot_teacher:
                 continue
@@ -154,10 +170,22 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
             train_dir = run_dir(cfg, run) / "train"
             recipe = cfg.recipe(method)
             overrides = {k: v for k, v in cfg.overrides.get(method, {}).items() if k != "predict"}
-            base_args = {"model_name_or_path": cfg.model, "template": cfg.template,
-                         "dataset": cfg.dataset(_TRAIN_DATA[method]), "output_dir": str(train_dir), "seed": seed}
+            data = _TRAIN_DATA[method]
+            base_args = {"model_name_or_path": cfg.model, "template": cfg.template, "output_dir": str(train_dir),
+                         "seed": seed}
+            needs: tuple[str, ...] = ()
+            if method in cfg.from_sft:
+                data += f"_{sft_run}"
+                if f"data {data}" not in {step.name for step in steps}:
+                    mined = _mined_steps(cfg, set(cfg.from_sft), f"_{sft_run}", sft_adapter)
+                    steps += [replace(step, needs=(f"train {sft_run}",)) for step in mined]
+                # continue the SFT adapter; DPO/KTO's reference is base + that adapter (ORPO has none)
+                base_args |= {"adapter_name_or_path": str(sft_adapter), "ref_model": cfg.model,
+                              "ref_model_adapters": str(sft_adapter)}
+                needs = (f"train {sft_run}",)
+            base_args["dataset"] = cfg.dataset(data)
             train = Step(f"train {run}", ["train", str(recipe), *key_values(base_args, cfg.train_args, overrides)],
-                         train_dir / "train_results.json", (f"data {_TRAIN_DATA[method]}",), run,
+                         train_dir / "train_results.json", (f"data {data}", *needs), run,
                          _file_check(recipe, f"no {method.upper()} recipe for this model"))
             steps.append(train)
             steps += _predict_eval(cfg, run, method, train_dir, (train.name,))

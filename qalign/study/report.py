@@ -66,12 +66,12 @@ def _load_row(label: str, method: str, seed: int | None, run: str, cfg: StudyCon
                {str(r["id"]): r for r in rows}, run)
 
 
-def _seed_mean(method: str, rows: list[Row]) -> Row:
+def _seed_mean(method: str, label: str, rows: list[Row]) -> Row:
     common = set.intersection(*(set(r.scores["subem"]) for r in rows))
     order = [qid for qid in rows[0].scores["subem"] if qid in common]
     scores = {m: {qid: sum(r.scores[m][qid] for r in rows) / len(rows) for qid in order} for m in METRICS}
     seeds = ", ".join(str(r.seed) for r in rows)
-    return Row(f"{method} (mean of seeds {seeds})", method, None, "ok", scores, rows[0].details)
+    return Row(f"{label} (mean of seeds {seeds})", method, None, "ok", scores, rows[0].details)
 
 
 def collect_rows(cfg: StudyConfig, steps: list[Step], results: dict[str, StepResult]) -> list[Row]:
@@ -81,12 +81,13 @@ def collect_rows(cfg: StudyConfig, steps: list[Step], results: dict[str, StepRes
         if method == "cot" and not cfg.cot_teacher:
             rows.append(Row("cot", "cot", None, NO_TEACHER))
             continue
-        per_seed = [_load_row(method if len(cfg.seeds) == 1 else f"{method} (seed {seed})", method, seed,
+        label = cfg.label(method)
+        per_seed = [_load_row(label if len(cfg.seeds) == 1 else f"{label} (seed {seed})", method, seed,
                               run_id(method, seed), cfg, steps, results) for seed in cfg.seeds]
         rows += per_seed
         finished = [row for row in per_seed if row.ok]
         if len(finished) > 1:
-            rows.append(_seed_mean(method, finished))
+            rows.append(_seed_mean(method, label, finished))
     for row in rows:
         if row.ok:
             row.ci = {m: bootstrap_ci(list(row.scores[m].values()), cfg.bootstrap_samples, cfg.bootstrap_seed,
