@@ -40,6 +40,8 @@ PREF_LIMIT  ?= $(or $(TRAIN_LIMIT),30)
 PREF_STEPS  ?= 15
 TEMPLATE    ?= $(shell sed -n 's/^template: *//p' $(RECIPES)/sft.yaml)
 MINE_ARGS   ?=
+# the study's spelling of PREF_FROM=sft (a variable: a comma inside $(if ...) would split it)
+STUDY_FROM_SFT = 'from_sft=[dpo,orpo,kto]'
 PREF_ADAPTER = $(if $(filter sft,$(PREF_FROM)),$(OUT)/sft)
 # from SFT: continue its adapter; DPO/KTO's reference is base + the same adapter (ORPO has none and ignores it)
 PREF_START   = $(if $(PREF_ADAPTER),adapter_name_or_path=$(PREF_ADAPTER) ref_model=$(MODEL) ref_model_adapters=$(PREF_ADAPTER))
@@ -142,6 +144,7 @@ study: $(if $(filter smollm2-135m,$(MODEL_NAME)),model)
 	$(QALIGN) study $(STUDY) \
 		$(if $(filter command line,$(origin MODEL)),model=$(MODEL)) \
 		$(if $(filter command line,$(origin NQ)),train=$(NQ) test=$(NQ_DEV)) \
+		$(if $(filter sft,$(PREF_FROM)),$(STUDY_FROM_SFT)) \
 		$(STUDY_ARGS) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STUDY_METHODS),--methods $(STUDY_METHODS))
 
 webui:

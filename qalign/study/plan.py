@@ -170,12 +170,11 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
             train_dir = run_dir(cfg, run) / "train"
             recipe = cfg.recipe(method)
             overrides = {k: v for k, v in cfg.overrides.get(method, {}).items() if k != "predict"}
-            data = _TRAIN_DATA[method]
-            base_args = {"model_name_or_path": cfg.model, "template": cfg.template, "output_dir": str(train_dir),
-                         "seed": seed}
+            data = _TRAIN_DATA[method] + (f"_{sft_run}" if method in cfg.from_sft else "")
+            base_args = {"model_name_or_path": cfg.model, "template": cfg.template, "dataset": cfg.dataset(data),
+                         "output_dir": str(train_dir), "seed": seed}
             needs: tuple[str, ...] = ()
             if method in cfg.from_sft:
-                data += f"_{sft_run}"
                 if f"data {data}" not in {step.name for step in steps}:
                     mined = _mined_steps(cfg, set(cfg.from_sft), f"_{sft_run}", sft_adapter)
                     steps += [replace(step, needs=(f"train {sft_run}",)) for step in mined]
@@ -183,7 +182,6 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
                 base_args |= {"adapter_name_or_path": str(sft_adapter), "ref_model": cfg.model,
                               "ref_model_adapters": str(sft_adapter)}
                 needs = (f"train {sft_run}",)
-            base_args["dataset"] = cfg.dataset(data)
             train = Step(f"train {run}", ["train", str(recipe), *key_values(base_args, cfg.train_args, overrides)],
                          train_dir / "train_results.json", (f"data {data}", *needs), run,
                          _file_check(recipe, f"no {method.upper()} recipe for this model"))
