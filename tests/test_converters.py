@@ -12,6 +12,7 @@ import pytest
 from qalign.converters.alpaca import convert_alpaca, pick_answer
 from qalign.converters.cli import add_convert_parser
 from qalign.converters.eval_set import convert_eval
+from qalign.converters.job import ConvertJob
 from qalign.converters.prompts import available_prompts, load_prompt, render_prompt, resolve_prompt
 from qalign.converters.records import QARecord, load_records, stable_id
 from qalign.converters.registry import overlapping_questions, read_dataset_info, register_dataset
@@ -106,7 +107,7 @@ def test_answer_cleanup_and_own_id(tmp_path: Path) -> None:
 def test_closed_book_nq_open_input(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "nq-open.jsonl", [{"question": "when was the last moon landing",
                                                      "answer": ["December 1972", "1972"]}])
-    result = convert_eval(str(path), "nq-open-dev", dataset_dir=tmp_path)
+    result = convert_eval(ConvertJob(str(path), "nq-open-dev", dataset_dir=tmp_path))
     (row,) = json.loads(result.path.read_text())
     assert row["answers"] == ["December 1972", "1972"] and row["output"] == "December 1972"
     assert "Passage" not in row["instruction"] and "{passages}" not in row["instruction"]
@@ -147,7 +148,7 @@ def test_prompt_resolution(tmp_path: Path) -> None:
 
 def test_gz_input_and_limit(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl.gz", [dpr(f"question number {i}", [f"a{i}"]) for i in range(10)])
-    result = convert_alpaca(str(path), "gz", dataset_dir=tmp_path, limit=4)
+    result = convert_alpaca(ConvertJob(str(path), "gz", dataset_dir=tmp_path, limit=4))
     rows = json.loads(result.path.read_text())
     assert [row["output"] for row in rows] == ["a0", "a1", "a2", "a3"] and result.rows == 4
 
@@ -162,7 +163,7 @@ def test_malformed_json_line_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(dpr("q", "a")) + "\n" + '{"question": "q2", "answers": [\n')
     with pytest.raises(QalignError, match=rf"{path}:2: malformed JSON"):
-        convert_alpaca(str(path), "bad", dataset_dir=tmp_path)
+        convert_alpaca(ConvertJob(str(path), "bad", dataset_dir=tmp_path))
     assert not (tmp_path / "dataset_info.json").exists()
 
 
@@ -183,8 +184,8 @@ def test_wrong_field_types_are_reported(tmp_path: Path) -> None:
 
 def test_atomic_write_keeps_other_entries_and_leaves_no_temp(tmp_path: Path, small: Path) -> None:
     register_dataset(tmp_path, "theirs", "theirs.json", {"formatting": "sharegpt"})
-    convert_alpaca(str(small), "mine", dataset_dir=tmp_path)
-    convert_alpaca(str(small), "mine", dataset_dir=tmp_path, top_k=1)  # re-running replaces the entry
+    convert_alpaca(ConvertJob(str(small), "mine", dataset_dir=tmp_path))
+    convert_alpaca(ConvertJob(str(small), "mine", dataset_dir=tmp_path, top_k=1))  # re-run: replaces the entry
     info = read_dataset_info(tmp_path)
     assert list(info) == ["mine", "theirs"]
     assert info["theirs"] == {"file_name": "theirs.json", "formatting": "sharegpt"}
@@ -197,7 +198,7 @@ def test_atomic_write_keeps_other_entries_and_leaves_no_temp(tmp_path: Path, sma
 def test_malformed_dataset_info_is_reported(tmp_path: Path, small: Path) -> None:
     (tmp_path / "dataset_info.json").write_text('{\n  "a": {\n}}}\n')
     with pytest.raises(QalignError, match=r"dataset_info.json:3: malformed JSON"):
-        convert_alpaca(str(small), "x", dataset_dir=tmp_path)
+        convert_alpaca(ConvertJob(str(small), "x", dataset_dir=tmp_path))
 
 
 def test_train_eval_overlap_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -205,9 +206,9 @@ def test_train_eval_overlap_warning(tmp_path: Path, capsys: pytest.CaptureFixtur
                         + [dpr("only in train", ["b"])])
     dev = write_jsonl(tmp_path / "dev.jsonl", [dpr(f"Shared question {i}?", ["a"]) for i in range(12)]
                       + [dpr("only in dev", ["c"])])
-    convert_alpaca(str(train), "tr", dataset_dir=tmp_path)
+    convert_alpaca(ConvertJob(str(train), "tr", dataset_dir=tmp_path))
     assert "warning" not in capsys.readouterr().err
-    result = convert_eval(str(dev), "dv", dataset_dir=tmp_path)
+    result = convert_eval(ConvertJob(str(dev), "dv", dataset_dir=tmp_path))
     err = capsys.readouterr().err
     assert "warning: 12 question(s) of 'dv' (eval) also appear in training dataset 'tr'" in err
     assert "  - shared question 0" in err and "... and 2 more" in err
@@ -252,7 +253,7 @@ def test_cli_reports_error_text_and_help(tmp_path: Path, capsys: pytest.CaptureF
     with pytest.raises(QalignError, match="unknown prompt 'nope'"):
         run_cli(["convert", "eval", "--input", "x.jsonl", "--dataset", "d", "--prompt", "nope"])
     with pytest.raises(QalignError, match="invalid dataset name"):
-        convert_alpaca(str(tmp_path / "x.jsonl"), "../escape", dataset_dir=tmp_path)
+        convert_alpaca(ConvertJob(str(tmp_path / "x.jsonl"), "../escape", dataset_dir=tmp_path))
     for fmt in ("alpaca", "eval"):
         with pytest.raises(SystemExit) as exit_info:
             run_cli(["convert", fmt, "--help"])

@@ -10,6 +10,7 @@ import pytest
 
 from qalign.converters.alpaca import convert_alpaca
 from qalign.converters.eval_set import convert_eval
+from qalign.converters.job import ConvertJob
 from qalign.converters.records import load_records
 from qalign.converters.sample import DEV, SAMPLE_DIR, TRAIN, build_records, has_answer, write_sample
 from qalign.evaluators.metrics import normalize_answer
@@ -21,7 +22,7 @@ REAL_DEV = SHARED_DATA / "nq-open-top5.dev.jsonl.gz"
 def test_real_nq_top5_dev(tmp_path: Path) -> None:
     if not REAL_DEV.exists():
         pytest.skip(f"real NQ data not found at {REAL_DEV} (CI provides ../shared/data)")
-    result = convert_eval(str(REAL_DEV), "nq-top5-dev", dataset_dir=tmp_path)
+    result = convert_eval(ConvertJob(str(REAL_DEV), "nq-top5-dev", dataset_dir=tmp_path))
     rows = json.loads(result.path.read_text(encoding="utf-8"))
     assert len(rows) == result.rows == 300
     assert result.stats.duplicates == 0 and result.stats.skipped_no_answer == 0
@@ -40,7 +41,7 @@ def test_llamafactory_loads_converted_dataset(tmp_path: Path) -> None:
     from transformers import Seq2SeqTrainingArguments
 
     sample = SAMPLE_DIR / "nq-sample.train.jsonl"
-    convert_alpaca(str(sample), "sample-sft", dataset_dir=tmp_path, top_k=3)
+    convert_alpaca(ConvertJob(str(sample), "sample-sft", dataset_dir=tmp_path, top_k=3))
     (attr,) = get_dataset_list(["sample-sft"], str(tmp_path))
     assert (attr.load_from, attr.formatting, attr.dataset_name) == ("file", "alpaca", "data/sample-sft.json")
     assert (attr.prompt, attr.query, attr.response) == ("instruction", "input", "output")

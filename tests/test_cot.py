@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from qalign.cli import main
-from qalign.converters.cot import convert_cot, format_cot, read_teacher, split_output
+from qalign.converters.cot import COT_PROMPT, convert_cot, format_cot, read_teacher, split_output
+from qalign.converters.job import ConvertJob
 from qalign.converters.records import stable_id
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import score_all
@@ -47,13 +48,14 @@ def test_split_and_format() -> None:
 
 def test_convert_cot_keeps_rows_above_the_f1_threshold(tmp_path: Path) -> None:
     raw, teacher = _write(tmp_path)
-    result, counts = convert_cot(str(raw), teacher, "t_cot", dataset_dir=tmp_path, top_k=1)
+    job = ConvertJob(str(raw), "t_cot", dataset_dir=tmp_path, top_k=1, prompt=COT_PROMPT)
+    result, counts = convert_cot(job, teacher)
     rows = json.loads((tmp_path / "data/t_cot.json").read_text())
     # Tiber: "the tiber river" vs "tiber": p = 1/2 ("the" dropped), r = 1 -> F1 0.667 < 0.9 -> dropped
     assert [row["id"] for row in rows] == ["q-paris", stable_id("Who wrote Pride and Prejudice?")]
     assert rows[0]["output"] == "<think>\nPassage 1 says Paris is the capital.\n</think>\n\nParis"
     assert rows[1]["output"] == "<think>\nThe passage names the author.\n</think>\n\nJane Austen"
-    assert "First think inside <think>" in rows[0]["instruction"]  # think_then_answer is the default prompt
+    assert "First think inside <think>" in rows[0]["instruction"]  # the CoT prompt (the CLI's default)
     assert "Passage 1 (France): Paris is the capital of France." in rows[0]["instruction"]
     assert rows[1]["teacher_f1"] == 1.0
     assert dict(counts) == {"kept": 2, "duplicate": 1, "low_f1": 2, "unmatched": 1, "no_reasoning": 1}
@@ -62,7 +64,7 @@ def test_convert_cot_keeps_rows_above_the_f1_threshold(tmp_path: Path) -> None:
     assert entry["qalign"]["prompt"] == "think_then_answer" and result.rows == 2
 
     # a lower threshold lets the partial Tiber answer in
-    _, looser = convert_cot(str(raw), teacher, "t_cot", dataset_dir=tmp_path, min_f1=0.6)
+    _, looser = convert_cot(ConvertJob(str(raw), "t_cot", dataset_dir=tmp_path, prompt=COT_PROMPT), teacher, min_f1=0.6)
     assert looser["kept"] == 3 and looser["low_f1"] == 1
 
 
@@ -86,7 +88,7 @@ def test_bad_teacher_rows_name_file_and_line(tmp_path: Path) -> None:
         read_teacher(path)
     raw, teacher = _write(tmp_path)
     with pytest.raises(QalignError, match="no teacher row was kept"):
-        convert_cot(str(raw), teacher, "none", dataset_dir=tmp_path, min_f1=1.01)
+        convert_cot(ConvertJob(str(raw), "none", dataset_dir=tmp_path), teacher, min_f1=1.01)
 
 
 def test_evaluator_scores_only_the_final_answer() -> None:

@@ -263,12 +263,13 @@ def test_raw_gold_jsonl_gz_matches_eval_set(tmp_path):
 
 def test_real_nq_raw_file_vs_converted_eval_set(shared_data, tmp_path):
     from qalign.converters.eval_set import convert_eval
+    from qalign.converters.job import ConvertJob
 
     raw = shared_data / "nq-open-gold.dev.jsonl.gz"
     gold = load_gold(raw)
     assert len(gold) == 300
     assert all(g.id.startswith("nq-") and len(g.id) == 15 and g.answers for g in gold)
-    convert_eval(str(raw), "nq_dev", dataset_dir=tmp_path)
+    convert_eval(ConvertJob(str(raw), "nq_dev", dataset_dir=tmp_path))
     converted_path = tmp_path / "data" / "nq_dev.json"
     converted = load_gold(converted_path)
     assert [(g.id, g.question, g.answers) for g in converted] == [(g.id, g.question, g.answers) for g in gold]

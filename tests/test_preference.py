@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from qalign.cli import main as qalign_main
+from qalign.converters.job import ConvertJob
 from qalign.converters.kto import Example, clean_examples, is_degenerate, label_examples
 from qalign.converters.preference import build_pairs
 from qalign.converters.sampling import Question, ensure_samples, load_questions, read_cache, row_seed
@@ -30,7 +31,7 @@ def write_raw(path: Path) -> Path:
 
 def write_cache(path: Path, raw: Path, samples: dict[str, list[str]], top_k: int = 5) -> Path:
     """A sample cache by hand (no header): what a previous run would have left, keyed by question text."""
-    questions, _ = load_questions(str(raw), top_k=top_k, prompt="answer_only", limit=None, split="train", strict=False)
+    questions, _ = load_questions(ConvertJob(str(raw), "cache", top_k=top_k))
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         for q in questions:
@@ -209,6 +210,6 @@ def test_mining_invariants_llamafactory_loading_and_resume(tiny_qwen3: Path, tmp
     from qalign.converters.sampling import SamplingConfig
 
     with pytest.raises(QalignError, match="temperature: 1.0 -> 0.5"):
-        convert_preference(str(raw), "pref", dataset_dir=whole, sampling=SamplingConfig(
+        convert_preference(ConvertJob(str(raw), "pref", dataset_dir=whole), sampling=SamplingConfig(
             model=str(tiny_qwen3), template="qwen3_nothink", num_samples=4, max_new_tokens=8, seed=7,
             temperature=0.5))

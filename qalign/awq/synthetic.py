@@ -149,8 +149,8 @@ def write_bench_datasets(dataset_dir: Path, rows: int = 96, passage_words: int =
     chosen/rejected and KTO outputs hold the same words in another order, so pairs have equal lengths."""
     from qalign.converters.alpaca import convert_alpaca
     from qalign.converters.eval_set import convert_eval
-    from qalign.converters.prompts import load_prompt, render_prompt
-    from qalign.converters.records import load_records
+    from qalign.converters.job import ConvertJob
+    from qalign.converters.prompts import render_prompt
     from qalign.converters.registry import register_dataset
     from qalign.io import atomic_write_json, atomic_write_jsonl
 
@@ -158,11 +158,10 @@ def write_bench_datasets(dataset_dir: Path, rows: int = 96, passage_words: int =
     atomic_write_jsonl(raw, synthetic_records(rows, passage_words=passage_words, words=words))
     atomic_write_jsonl(raw_dev, synthetic_records(rows, passage_words=passage_words, words=words, seed=1,
                                                   first_id=rows))
-    convert_alpaca(str(raw), "bench_sft", dataset_dir=dataset_dir)
-    convert_eval(str(raw), "bench_grpo", dataset_dir=dataset_dir)
-    convert_eval(str(raw_dev), "bench_dev", dataset_dir=dataset_dir)
-    template = load_prompt("answer_only")
-    records, _ = load_records(str(raw))
+    convert_alpaca(ConvertJob(str(raw), "bench_sft", dataset_dir=dataset_dir))
+    convert_eval(ConvertJob(str(raw), "bench_grpo", dataset_dir=dataset_dir))
+    convert_eval(ConvertJob(str(raw_dev), "bench_dev", dataset_dir=dataset_dir))
+    template, records, _ = ConvertJob(str(raw), "bench_pref").load()
     prompts = [(render_prompt(template, record, 5), record.answers[0]) for record in records]
 
     def flip(answer: str) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-from qalign.converters.prompts import load_prompt, prompt_name, render_prompt
-from qalign.converters.records import QARecord, load_records
-from qalign.converters.registry import ConversionResult, alpaca_entry, validate_name, write_dataset
+from qalign.converters.job import ConvertJob
+from qalign.converters.prompts import render_prompt
+from qalign.converters.records import QARecord
+from qalign.converters.registry import ConversionResult
 
 AnswerPolicy = Literal["first", "shortest"]
 ANSWER_POLICIES = ("first", "shortest")
@@ -38,22 +38,8 @@ def build_alpaca_rows(
     ]
 
 
-def convert_alpaca(
-    source: str,
-    name: str,
-    *,
-    dataset_dir: str | Path = ".",
-    top_k: int = 5,
-    prompt: str = "answer_only",
-    answer: AnswerPolicy = "first",
-    limit: int | None = None,
-    split: str = "train",
-    strict: bool = False,
-) -> ConversionResult:
-    """Convert `source` to `<dataset_dir>/data/<name>.json` and register it as an SFT dataset."""
-    validate_name(name)
-    template = load_prompt(prompt)  # fail on a bad prompt before reading a large input
-    records, stats = load_records(source, strict, split=split, limit=limit)
-    rows = build_alpaca_rows(records, template, top_k, answer)
-    entry = alpaca_entry("sft", source, len(rows), prompt_name(prompt), top_k=top_k, answer=answer)
-    return write_dataset(dataset_dir, name, rows, entry, stats)
+def convert_alpaca(job: ConvertJob, *, answer: AnswerPolicy = "first") -> ConversionResult:
+    """Convert `job.source` to `<dataset_dir>/data/<name>.json` and register it as an SFT dataset."""
+    template, records, stats = job.load()
+    rows = build_alpaca_rows(records, template, job.top_k, answer)
+    return job.write(rows, job.entry("sft", len(rows), answer=answer), stats)

@@ -1,8 +1,8 @@
 """`qalign convert <format> ...`: one sub-command per output format.
 
-Adding a format (preference, kto, grpo, cot) = a module with a `convert_<format>(...) -> ConversionResult`
-function, plus one `Subcommand` in `SUBCOMMANDS` below: `add_common_arguments` gives it the shared options and
-`_execute` prints the summary line.
+Adding a format = a module with a `convert_<format>(job: ConvertJob, ...) -> ConversionResult` function (the job
+holds the shared options: source, name, dataset_dir, top_k, prompt, limit, split, strict), plus one `Subcommand` in
+`SUBCOMMANDS` below: `add_common_arguments` gives it the shared flags and `_execute` prints the summary line.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from qalign.converters.cot import add_cot_arguments, run_cot
+from qalign.converters.job import ConvertJob
 from qalign.converters.registry import ConversionResult
 
 _INPUT_HELP = (
@@ -86,9 +87,7 @@ def _execute(run: Callable[[argparse.Namespace], ConversionResult]) -> Callable[
 def _run_alpaca(args: argparse.Namespace) -> ConversionResult:
     from qalign.converters.alpaca import convert_alpaca
 
-    return convert_alpaca(args.input, args.dataset, dataset_dir=args.dataset_dir, top_k=args.top_k,
-                          prompt=args.prompt, answer=args.answer, limit=args.limit, split=args.split,
-                          strict=args.strict)
+    return convert_alpaca(ConvertJob.from_args(args), answer=args.answer)
 
 
 def _alpaca_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,8 +98,7 @@ def _alpaca_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_eval(args: argparse.Namespace) -> ConversionResult:
     from qalign.converters.eval_set import convert_eval
 
-    return convert_eval(args.input, args.dataset, dataset_dir=args.dataset_dir, top_k=args.top_k,
-                        prompt=args.prompt, limit=args.limit, split=args.split, strict=args.strict)
+    return convert_eval(ConvertJob.from_args(args))
 
 
 def _run_preference(args: argparse.Namespace) -> ConversionResult:
@@ -108,9 +106,8 @@ def _run_preference(args: argparse.Namespace) -> ConversionResult:
     from qalign.converters.sampling import sampling_config
 
     result, counts = convert_preference(
-        args.input, args.dataset, dataset_dir=args.dataset_dir, top_k=args.top_k, prompt=args.prompt,
-        limit=args.limit, split=args.split, strict=args.strict, sampling=sampling_config(args), samples=args.samples,
-        strategy=args.strategy, threshold=args.threshold, max_pairs=args.max_pairs)
+        ConvertJob.from_args(args), sampling=sampling_config(args), samples=args.samples, strategy=args.strategy,
+        threshold=args.threshold, max_pairs=args.max_pairs)
     print(pair_summary(counts))
     return result
 
@@ -126,10 +123,8 @@ def _run_kto(args: argparse.Namespace) -> ConversionResult:
     from qalign.converters.sampling import sampling_config
 
     result, counts = convert_kto(
-        args.input, args.dataset, dataset_dir=args.dataset_dir, top_k=args.top_k, prompt=args.prompt,
-        limit=args.limit, split=args.split, strict=args.strict, sampling=sampling_config(args), samples=args.samples,
-        strategy=args.strategy, threshold=args.threshold, desirable=args.desirable,
-        max_per_question=args.max_per_question)
+        ConvertJob.from_args(args), sampling=sampling_config(args), samples=args.samples, strategy=args.strategy,
+        threshold=args.threshold, desirable=args.desirable, max_per_question=args.max_per_question)
     print(kto_summary(counts))
     return result
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qalign.converters.prompts import load_prompt, prompt_name, render_prompt
-from qalign.converters.records import load_records, question_key
-from qalign.converters.registry import ConversionResult, alpaca_entry, validate_name, write_dataset
+from qalign.converters.job import ConvertJob
+from qalign.converters.prompts import render_prompt
+from qalign.converters.records import question_key
+from qalign.converters.registry import ConversionResult
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import f1_score, strip_think
 from qalign.io import iter_json_records
@@ -73,23 +74,11 @@ def read_teacher(path: str | Path) -> list[TeacherRow]:
     return rows
 
 
-def convert_cot(
-    source: str,
-    teacher: str | Path,
-    name: str,
-    *,
-    dataset_dir: str | Path = ".",
-    top_k: int = 5,
-    prompt: str = COT_PROMPT,
-    min_f1: float = DEFAULT_MIN_F1,
-    limit: int | None = None,
-    split: str = "train",
-    strict: bool = False,
-) -> tuple[ConversionResult, Counter]:
-    """Join teacher rows to `source`, keep those with F1 >= min_f1, write `data/<name>.json` (kind cot)."""
-    validate_name(name)
-    template = load_prompt(prompt)
-    records, stats = load_records(source, strict, split=split, limit=limit)
+def convert_cot(job: ConvertJob, teacher: str | Path, *,
+                min_f1: float = DEFAULT_MIN_F1) -> tuple[ConversionResult, Counter]:
+    """Join teacher rows to `job.source`, keep those with F1 >= min_f1, write `data/<name>.json` (kind cot).
+    The job's prompt is usually `COT_PROMPT` (the CLI's default for this format)."""
+    template, records, stats = job.load()
     by_id = {record.id: record for record in records}
     by_question = {question_key(record.question): record for record in records}
     counts: Counter = Counter()
@@ -115,7 +104,7 @@ def convert_cot(
             continue
         counts[reason] += 1
     rows: list[dict[str, Any]] = [
-        {"id": record.id, "question": record.question, "instruction": render_prompt(template, record, top_k),
+        {"id": record.id, "question": record.question, "instruction": render_prompt(template, record, job.top_k),
          "input": "", "output": format_cot(best[record.id][1].reasoning, best[record.id][1].answer),
          "teacher_f1": best[record.id][0]}
         for record in records if record.id in best
@@ -123,10 +112,10 @@ def convert_cot(
     counts["kept"] = len(rows)
     if not rows:
         raise QalignError(f"{teacher}: no teacher row was kept ({cot_summary(counts)}). Check that its ids or "
-                          f"questions match {source}, or lower --min-f1 (now {min_f1}).")
-    entry = alpaca_entry("cot", source, len(rows), prompt_name(prompt), top_k=top_k, teacher=str(teacher),
-                         min_f1=min_f1, dropped={k: counts[k] for k in _DROP_REASONS})
-    return write_dataset(dataset_dir, name, rows, entry, stats), counts
+                          f"questions match {job.source}, or lower --min-f1 (now {min_f1}).")
+    entry = job.entry("cot", len(rows), teacher=str(teacher), min_f1=min_f1,
+                      dropped={k: counts[k] for k in _DROP_REASONS})
+    return job.write(rows, entry, stats), counts
 
 
 def cot_summary(counts: Counter) -> str:
@@ -148,8 +137,6 @@ def add_cot_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cot(args: argparse.Namespace) -> ConversionResult:
     """The `qalign convert cot` entry: convert, then print the kept/dropped counts."""
-    result, counts = convert_cot(args.input, args.teacher, args.dataset, dataset_dir=args.dataset_dir,
-                                 top_k=args.top_k, prompt=args.prompt, min_f1=args.min_f1, limit=args.limit,
-                                 split=args.split, strict=args.strict)
+    result, counts = convert_cot(ConvertJob.from_args(args), args.teacher, min_f1=args.min_f1)
     print(cot_summary(counts))
     return result

@@ -23,8 +23,8 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Literal
 
-from qalign.converters.prompts import prompt_name
-from qalign.converters.registry import ALPACA_COLUMNS, ConversionResult, alpaca_entry, write_dataset
+from qalign.converters.job import ConvertJob
+from qalign.converters.registry import ALPACA_COLUMNS, ConversionResult
 from qalign.converters.sampling import (
     SamplingConfig,
     Strategy,
@@ -102,15 +102,8 @@ def clean_examples(
 
 
 def convert_kto(
-    source: str,
-    name: str,
+    job: ConvertJob,
     *,
-    dataset_dir: str | Path = ".",
-    top_k: int = 5,
-    prompt: str = "answer_only",
-    limit: int | None = None,
-    split: str = "train",
-    strict: bool = False,
     sampling: SamplingConfig | None = None,
     samples: str | Path | None = None,
     strategy: Strategy = "subem",
@@ -119,8 +112,7 @@ def convert_kto(
     max_per_question: int = 2,
 ) -> tuple[ConversionResult, Counter]:
     """Sample (or read cached samples), label and clean them, write `data/<name>.json` and register it for KTO."""
-    sampled = sample_questions(source, name, dataset_dir=dataset_dir, top_k=top_k, prompt=prompt, limit=limit,
-                               split=split, strict=strict, sampling=sampling, samples=samples)
+    sampled = sample_questions(job, sampling, samples)
     counts: Counter = Counter()
     per_question: list[list[dict[str, Any]]] = []
     for q in sampled.questions:
@@ -134,12 +126,11 @@ def convert_kto(
                              for e in kept])
     # interleave questions: LLaMA-Factory's KTO pairs each prompt with the previous row's response for its KL term
     rows = [row for rank in zip_longest(*per_question) for row in rank if row is not None]
-    entry = alpaca_entry("kto", source, len(rows), prompt_name(prompt), top_k=top_k, **sampled.entry_metadata(),
-                         strategy=strategy, threshold=threshold, desirable=desirable,
-                         max_per_question=max_per_question, desirable_rows=counts["desirable"],
-                         undesirable_rows=counts["undesirable"])
+    entry = job.entry("kto", len(rows), **sampled.entry_metadata(), strategy=strategy, threshold=threshold,
+                      desirable=desirable, max_per_question=max_per_question, desirable_rows=counts["desirable"],
+                      undesirable_rows=counts["undesirable"])
     entry["columns"] = dict(KTO_COLUMNS)
-    return write_dataset(dataset_dir, name, rows, entry, sampled.stats), counts
+    return job.write(rows, entry, sampled.stats), counts
 
 
 def kto_summary(counts: Counter) -> str:

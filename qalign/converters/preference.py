@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qalign.converters.prompts import prompt_name
-from qalign.converters.registry import ConversionResult, alpaca_entry, write_dataset
+from qalign.converters.job import ConvertJob
+from qalign.converters.registry import ConversionResult
 from qalign.converters.sampling import (
     SamplingConfig,
     Strategy,
@@ -77,15 +77,8 @@ def build_pairs(
 
 
 def convert_preference(
-    source: str,
-    name: str,
+    job: ConvertJob,
     *,
-    dataset_dir: str | Path = ".",
-    top_k: int = 5,
-    prompt: str = "answer_only",
-    limit: int | None = None,
-    split: str = "train",
-    strict: bool = False,
     sampling: SamplingConfig | None = None,
     samples: str | Path | None = None,
     strategy: Strategy = "subem",
@@ -93,8 +86,7 @@ def convert_preference(
     max_pairs: int = 2,
 ) -> tuple[ConversionResult, Counter]:
     """Sample (or read cached samples), mine pairs, write `data/<name>.json` and register it as ranking data."""
-    sampled = sample_questions(source, name, dataset_dir=dataset_dir, top_k=top_k, prompt=prompt, limit=limit,
-                               split=split, strict=strict, sampling=sampling, samples=samples)
+    sampled = sample_questions(job, sampling, samples)
     rows: list[dict[str, Any]] = []
     counts: Counter = Counter()
     for q in sampled.questions:
@@ -104,10 +96,10 @@ def convert_preference(
         rows += [{"id": q.id, "question": q.question, "instruction": q.prompt, "input": "", "chosen": p.chosen,
                   "rejected": p.rejected, "chosen_f1": p.chosen_f1, "rejected_f1": p.rejected_f1,
                   "chosen_from": p.chosen_from} for p in pairs]
-    entry = alpaca_entry("preference", source, len(rows), prompt_name(prompt), top_k=top_k,
-                         **sampled.entry_metadata(), strategy=strategy, threshold=threshold, max_pairs=max_pairs)
+    entry = job.entry("preference", len(rows), **sampled.entry_metadata(), strategy=strategy, threshold=threshold,
+                      max_pairs=max_pairs)
     entry.update(ranking=True, columns=dict(RANKING_COLUMNS))
-    return write_dataset(dataset_dir, name, rows, entry, sampled.stats), counts
+    return job.write(rows, entry, sampled.stats), counts
 
 
 def pair_summary(counts: Counter) -> str:

@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from qalign.converters.prompts import load_prompt, render_prompt
-from qalign.converters.records import LoadStats, load_records
-from qalign.converters.registry import validate_name
+from qalign.converters.job import ConvertJob
+from qalign.converters.prompts import render_prompt
+from qalign.converters.records import LoadStats
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import f1_score, score_all, substring_exact_match
 
@@ -277,16 +277,14 @@ def _generate(missing: list[Question], cache: Path, config: SamplingConfig, comp
             bar.update(len(batch))
 
 
-def load_questions(source: str, *, top_k: int, prompt: str, limit: int | None, split: str,
-                   strict: bool) -> tuple[list[Question], LoadStats]:
-    """Records of `source` with their rendered prompts (ids must be unique: they key the cache)."""
-    template = load_prompt(prompt)
-    records, stats = load_records(source, strict, split=split, limit=limit)
-    questions = [Question(r.id, r.question, r.answers, render_prompt(template, r, top_k)) for r in records]
+def load_questions(job: ConvertJob) -> tuple[list[Question], LoadStats]:
+    """Records of the job's source with their rendered prompts (ids must be unique: they key the cache)."""
+    template, records, stats = job.load()
+    questions = [Question(r.id, r.question, r.answers, render_prompt(template, r, job.top_k)) for r in records]
     ids = [q.id for q in questions]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise QalignError(f"{source}: id {dup!r} is used by several questions; sample caches are keyed by id. "
+        raise QalignError(f"{job.source}: id {dup!r} is used by several questions; sample caches are keyed by id. "
                           "Make the ids unique or drop the 'id' field.")
     return questions, stats
 
@@ -305,13 +303,11 @@ class SampledQuestions:
         return {"samples": str(self.cache), "sampling": read_cache(self.cache)[0]}
 
 
-def sample_questions(source: str, name: str, *, dataset_dir: str | Path, top_k: int, prompt: str, limit: int | None,
-                     split: str, strict: bool, sampling: SamplingConfig | None,
+def sample_questions(job: ConvertJob, sampling: SamplingConfig | None,
                      samples: str | Path | None) -> SampledQuestions:
     """The shared first half of `convert preference` and `convert kto`: load, then sample or read the cache."""
-    validate_name(name)
-    questions, stats = load_questions(source, top_k=top_k, prompt=prompt, limit=limit, split=split, strict=strict)
-    cache = Path(samples) if samples else default_cache_path(dataset_dir, name)
+    questions, stats = load_questions(job)
+    cache = Path(samples) if samples else default_cache_path(job.dataset_dir, job.name)
     return SampledQuestions(questions, stats, cache, ensure_samples(questions, cache, sampling))
 
 

@@ -1,0 +1,51 @@
+"""What every `qalign convert` format is asked to do: read QA records from a source, render their prompts, write
+`<dataset_dir>/data/<name>.json` and register `name` in `<dataset_dir>/dataset_info.json`.
+
+The format-specific part (rows, counts, extra provenance) stays in each converter module.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qalign.converters.prompts import load_prompt, prompt_name
+from qalign.converters.records import LoadStats, QARecord, load_records
+from qalign.converters.registry import ConversionResult, alpaca_entry, validate_name, write_dataset
+
+
+@dataclass(frozen=True)
+class ConvertJob:
+    """The options every converter shares (the `qalign convert` common flags)."""
+
+    source: str
+    name: str
+    dataset_dir: str | Path = "."
+    top_k: int = 5
+    prompt: str = "answer_only"
+    limit: int | None = None
+    split: str = "train"
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        validate_name(self.name)  # a bad name fails before a large input is read
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ConvertJob:
+        return cls(args.input, args.dataset, dataset_dir=args.dataset_dir, top_k=args.top_k, prompt=args.prompt,
+                   limit=args.limit, split=args.split, strict=args.strict)
+
+    def load(self) -> tuple[str, list[QARecord], LoadStats]:
+        """The prompt template (checked first: a bad prompt fails before a large input is read) and the records."""
+        template = load_prompt(self.prompt)
+        records, stats = load_records(self.source, self.strict, split=self.split, limit=self.limit)
+        return template, records, stats
+
+    def entry(self, kind: str, rows: int, **extra: Any) -> dict[str, Any]:
+        """The dataset_info.json entry with this job's provenance (source, prompt, top_k) and `extra`."""
+        return alpaca_entry(kind, self.source, rows, prompt_name(self.prompt), top_k=self.top_k, **extra)
+
+    def write(self, rows: list[dict[str, Any]], entry: dict[str, Any], stats: LoadStats) -> ConversionResult:
+        return write_dataset(self.dataset_dir, self.name, rows, entry, stats)
