@@ -203,6 +203,9 @@ def test_mining_invariants_llamafactory_loading_and_resume(tiny_qwen3: Path, tmp
     assert "3 of 6 questions cached" in capsys.readouterr().out
     for name in ("data/pref.samples.jsonl", "data/pref.json"):
         assert (resumed / name).read_bytes() == (whole / name).read_bytes(), name
+    for folder in (whole, resumed):  # the registry records the settings the samples were drawn with
+        entry = json.loads((folder / "dataset_info.json").read_text())["pref"]["qalign"]
+        assert entry["sampling"] == cached[0] and entry["samples"].endswith("pref.samples.jsonl")
 
     # settings changed under an existing cache: refuse instead of mixing samples
     (whole / "data/pref.samples.jsonl").write_text("\n".join(cache.read_text().splitlines()[:3]) + "\n")

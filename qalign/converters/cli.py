@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qalign.converters.cot import add_cot_arguments, run_cot
 from qalign.converters.job import ConvertJob
 from qalign.converters.registry import ConversionResult
 
@@ -135,6 +134,20 @@ def _kto_arguments(parser: argparse.ArgumentParser) -> None:
     add_kto_arguments(parser)
 
 
+
+def _run_cot(args: argparse.Namespace) -> ConversionResult:
+    from qalign.converters.cot import convert_cot, cot_summary
+
+    result, counts = convert_cot(ConvertJob.from_args(args), args.teacher, min_f1=args.min_f1)
+    print(cot_summary(counts))
+    return result
+
+
+def _cot_arguments(parser: argparse.ArgumentParser) -> None:
+    from qalign.converters.cot import add_cot_arguments
+
+    add_cot_arguments(parser)
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand(
         "alpaca", "SFT data: prompt with passages -> one short answer",
@@ -175,7 +188,7 @@ SUBCOMMANDS: list[Subcommand] = [
         "aliases, and write alpaca rows whose output is '<think>reasoning</think>' + the answer (prompt default: "
         "think_then_answer). Example: qalign convert cot --input data/sample/nq-sample.train.jsonl "
         "--teacher teacher.jsonl --dataset nq_cot",
-        run_cot, add_cot_arguments,
+        _run_cot, _cot_arguments,
     ),
 ]
 

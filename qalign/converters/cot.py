@@ -133,10 +133,3 @@ def add_cot_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"keep rows whose answer reaches this F1 against the gold aliases (default: "
                              f"{DEFAULT_MIN_F1})")
     parser.set_defaults(prompt=COT_PROMPT)
-
-
-def run_cot(args: argparse.Namespace) -> ConversionResult:
-    """The `qalign convert cot` entry: convert, then print the kept/dropped counts."""
-    result, counts = convert_cot(ConvertJob.from_args(args), args.teacher, min_f1=args.min_f1)
-    print(cot_summary(counts))
-    return result

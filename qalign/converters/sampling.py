@@ -239,8 +239,10 @@ def _check_header(path: Path, header: dict[str, Any] | None, rows: dict, wanted:
                           "settings, another --dataset/--samples file, or delete the file to start afresh.")
 
 
-def ensure_samples(questions: list[Question], cache: str | Path, config: SamplingConfig | None) -> dict[str, list[str]]:
-    """Sample texts by question id: read from `cache`, generating (and appending) what is missing."""
+def ensure_samples(questions: list[Question], cache: str | Path,
+                   config: SamplingConfig | None) -> tuple[dict[str, Any] | None, dict[str, list[str]]]:
+    """The cache's settings header and the sample texts by question id: read from `cache`, generating (and
+    appending) what is missing."""
     cache = Path(cache)
     header, rows, complete = read_cache(cache)
     for q in questions:
@@ -256,13 +258,16 @@ def ensure_samples(questions: list[Question], cache: str | Path, config: Samplin
     if missing:
         if rows:
             print(f"qalign: resuming {cache}: {len(questions) - len(missing)} of {len(questions)} questions cached")
-        _generate(missing, cache, config, complete, write_header=header is None)
-        rows.update(read_cache(cache)[1])
-    return {q.id: [s["text"] for s in rows[q.id]["samples"]] for q in questions}
+        rows.update(_generate(missing, cache, config, complete, write_header=header is None))
+        header = config.header()
+    return header, {q.id: [s["text"] for s in rows[q.id]["samples"]] for q in questions}
 
 
-def _generate(missing: list[Question], cache: Path, config: SamplingConfig, complete: int, write_header: bool) -> None:
+def _generate(missing: list[Question], cache: Path, config: SamplingConfig, complete: int,
+              write_header: bool) -> dict[str, dict[str, Any]]:
+    """Sample `missing` batch by batch, appending each finished question to `cache`; return the new rows by id."""
     sampler = Sampler(config)
+    new: dict[str, dict[str, Any]] = {}
     cache.parent.mkdir(parents=True, exist_ok=True)
     with cache.open("ab") as handle, tqdm(total=len(missing), desc="sampling", unit=" q", disable=None) as bar:
         handle.truncate(complete)  # drop a partial line left by a killed run
@@ -271,10 +276,12 @@ def _generate(missing: list[Question], cache: Path, config: SamplingConfig, comp
         for start in range(0, len(missing), config.batch_size):
             batch = missing[start:start + config.batch_size]
             for question, texts in zip(batch, sampler.sample(batch), strict=True):
-                handle.write((json.dumps(_cache_row(question, texts), ensure_ascii=False) + "\n").encode())
+                new[question.id] = row = _cache_row(question, texts)
+                handle.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
                 handle.flush()
                 os.fsync(handle.fileno())
             bar.update(len(batch))
+    return new
 
 
 def load_questions(job: ConvertJob) -> tuple[list[Question], LoadStats]:
@@ -296,11 +303,12 @@ class SampledQuestions:
     questions: list[Question]
     stats: LoadStats
     cache: Path
+    header: dict[str, Any] | None  # the cache's sampling settings
     texts: dict[str, list[str]]
 
     def entry_metadata(self) -> dict[str, Any]:
         """What a dataset built from these samples records in its dataset_info.json `qalign` block."""
-        return {"samples": str(self.cache), "sampling": read_cache(self.cache)[0]}
+        return {"samples": str(self.cache), "sampling": self.header}
 
 
 def sample_questions(job: ConvertJob, sampling: SamplingConfig | None,
@@ -308,7 +316,7 @@ def sample_questions(job: ConvertJob, sampling: SamplingConfig | None,
     """The shared first half of `convert preference` and `convert kto`: load, then sample or read the cache."""
     questions, stats = load_questions(job)
     cache = Path(samples) if samples else default_cache_path(job.dataset_dir, job.name)
-    return SampledQuestions(questions, stats, cache, ensure_samples(questions, cache, sampling))
+    return SampledQuestions(questions, stats, cache, *ensure_samples(questions, cache, sampling))
 
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig | None:
@@ -324,17 +332,26 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig | None:
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `convert preference` and `convert kto`: the model, sampling, cache and scoring."""
     group = parser.add_argument_group("sampling")
+    defaults = SamplingConfig  # a dataclass keeps its field defaults as class attributes: one source for both
     group.add_argument("--model", help="model folder or hub id to sample from (not needed when --samples "
                                        "already holds every question)")
     group.add_argument("--adapter", help="LoRA adapter folder(s), comma-separated, applied on --model")
-    group.add_argument("--template", default="smollm2", help="LLaMA-Factory chat template (default: smollm2)")
-    group.add_argument("--num-samples", type=int, default=8, metavar="N", help="completions per question (8)")
-    group.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (1.0)")
-    group.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling (0.95)")
-    group.add_argument("--max-new-tokens", type=int, default=32, metavar="K", help="tokens per completion (32)")
-    group.add_argument("--batch-size", type=int, default=4, metavar="B", help="questions per generate call (4)")
-    group.add_argument("--seed", type=int, default=42, help="seed; samples depend on (seed, question id) (42)")
-    group.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
+    group.add_argument("--template", default=defaults.template,
+                       help="LLaMA-Factory chat template (default: %(default)s)")
+    group.add_argument("--num-samples", type=int, default=defaults.num_samples, metavar="N",
+                       help="completions per question (%(default)s)")
+    group.add_argument("--temperature", type=float, default=defaults.temperature, metavar="T",
+                       help="sampling temperature (%(default)s)")
+    group.add_argument("--top-p", type=float, default=defaults.top_p, metavar="P",
+                       help="nucleus sampling (%(default)s)")
+    group.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, metavar="K",
+                       help="tokens per completion (%(default)s)")
+    group.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="B",
+                       help="questions per generate call (%(default)s)")
+    group.add_argument("--seed", type=int, default=defaults.seed,
+                       help="seed; samples depend on (seed, question id) (%(default)s)")
+    group.add_argument("--device", default=defaults.device,
+                       help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (default: %(default)s)")
     group.add_argument("--samples", metavar="FILE", help="sample cache to read/resume (default: "
                                                          "DIR/data/NAME.samples.jsonl); reuse another run's here")
     group.add_argument("--strategy", choices=("subem", "f1"), default="subem",

@@ -15,7 +15,6 @@ from qalign.study.runner import StepResult, command_line
 
 PACKAGES = ("qalign", "llamafactory", "transformers", "trl", "peft", "datasets", "accelerate", "torch",
             "tokenizers", "autoawq", "numpy", "matplotlib")
-_DEFAULT_MINING_SEED = 42  # `qalign convert preference|kto --seed` default
 
 
 def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
@@ -76,7 +75,9 @@ def reproducibility(cfg: StudyConfig, steps: list[Step], results: dict[str, Step
     """The markdown section: command, seeds, versions, device, files with sha1, the resolved study, every step."""
     import yaml
 
-    mining_seed = cfg.mining_args.get("seed", _DEFAULT_MINING_SEED)
+    from qalign.converters.sampling import SamplingConfig
+
+    mining_seed = cfg.mining_args.get("seed", SamplingConfig.seed)
     lines = ["## Reproducibility", "", f"Command: `qalign study {shlex.join(argv)}`", "",
              f"Seeds: training {', '.join(map(str, cfg.seeds))}; bootstrap seed {cfg.bootstrap_seed} "
              f"({cfg.bootstrap_samples} resamples, numpy default_rng); preference/KTO sampling seed {mining_seed}; "
