@@ -88,32 +88,20 @@ class Engine:
     def __init__(
         self, model: str, template: str, trust_remote_code: bool = False, threads: int | None = None
     ) -> None:
-        from llamafactory.data import get_template_and_fix_tokenizer
-        from llamafactory.hparams import get_infer_args
-        from llamafactory.model import load_tokenizer
+        from qalign.inference import InferenceSetup
 
         started = time.perf_counter()
         self.model_path, self.template_name, self.threads = model, template, threads
-        self._args = get_infer_args({
-            "model_name_or_path": model,
-            "template": template,
-            "trust_remote_code": trust_remote_code,
-            "infer_backend": "huggingface",
-        })
-        model_args, data_args = self._args[0], self._args[1]
-        self.tokenizer = load_tokenizer(model_args)["tokenizer"]
+        self.setup = InferenceSetup.load({"model_name_or_path": model, "template": template,
+                                          "trust_remote_code": trust_remote_code, "infer_backend": "huggingface"})
+        self.tokenizer, self.stop_token_ids = self.setup.tokenizer, self.setup.stop_ids
         self.tokenizer.padding_side = "left"
-        self.template = get_template_and_fix_tokenizer(self.tokenizer, data_args)
-        self.stop_token_ids = self.template.get_stop_token_ids(self.tokenizer)
         self.lock = threading.Lock()
         self._load_base()
         self.load_seconds = time.perf_counter() - started
 
     def _load_base(self) -> None:
-        from llamafactory.model import load_model
-
-        model_args, _, finetuning_args, _ = self._args
-        self.model: Any = load_model(self.tokenizer, model_args, finetuning_args, is_trainable=False)
+        self.model: Any = self.setup.load_model()
         self.adapters: dict[str, tuple[str, float]] = {}  # resolved folder -> (peft adapter name, files' mtime)
         self._loaded = 0
 
@@ -157,6 +145,10 @@ class Engine:
         self._loaded += 1
         return name
 
+    def encode(self, prompt: str) -> list[int]:
+        """Prompt token ids as training and prediction encode them."""
+        return self.setup.encode(prompt)
+
     @contextlib.contextmanager
     def _active(self, adapter: Path | None) -> Iterator[None]:
         """Make the base model (adapter None) or one adapter the one that generates."""
@@ -169,12 +161,6 @@ class Engine:
                 yield
         else:
             yield
-
-    def encode(self, prompt: str) -> list[int]:
-        """Prompt token ids through the LLaMA-Factory template, as for training and prediction."""
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
-        prompt_ids, _ = self.template.encode_oneturn(self.tokenizer, messages)
-        return prompt_ids
 
     def generate(
         self,

@@ -142,34 +142,23 @@ class Sampler:
     def __init__(self, config: SamplingConfig) -> None:
         # LLaMA-Factory's INFO logs would bury the progress bar and the summary; LLAMAFACTORY_VERBOSITY=INFO shows them
         os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
-        from llamafactory.data import get_template_and_fix_tokenizer
-        from llamafactory.hparams import get_infer_args
-        from llamafactory.model import load_model, load_tokenizer
+        from qalign.inference import InferenceSetup
 
         args: dict[str, Any] = {"model_name_or_path": config.model, "template": config.template,
                                 "finetuning_type": "lora"}
         if config.adapter:
             args["adapter_name_or_path"] = config.adapter
         try:
-            model_args, data_args, finetuning_args, _ = get_infer_args(args)
-            if config.device != "auto":
-                model_args.device_map = {"": config.device}
-            self.tokenizer = load_tokenizer(model_args)["tokenizer"]
-            self.template = get_template_and_fix_tokenizer(self.tokenizer, data_args)
-            self.model = load_model(self.tokenizer, model_args, finetuning_args, is_trainable=False)
+            self.setup = InferenceSetup.load(args, device=None if config.device == "auto" else config.device)
+            self.model = self.setup.load_model()
         except (OSError, ValueError) as exc:
             raise QalignError(f"cannot load --model {config.model} (--adapter {config.adapter}, --template "
                               f"{config.template}): {exc} Check the paths, or the template name in LLaMA-Factory's "
                               "data/template.py.") from None
         self.config = config
-        # the same stop set as LLaMA-Factory's chat engine: eos plus the template's stop words
-        self.stop_ids = self.template.get_stop_token_ids(self.tokenizer)
+        self.tokenizer, self.stop_ids = self.setup.tokenizer, self.setup.stop_ids
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]
-
-    def encode(self, prompt: str) -> list[int]:
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
-        return self.template.encode_oneturn(self.tokenizer, messages)[0]
 
     def sample(self, questions: list[Question]) -> list[list[str]]:
         """`num_samples` completions for each question, in one left-padded `generate` call."""
@@ -177,7 +166,7 @@ class Sampler:
         from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
         n, cfg = self.config.num_samples, self.config
-        encoded = [self.encode(q.prompt) for q in questions]
+        encoded = [self.setup.encode(q.prompt) for q in questions]
         width = max(map(len, encoded))
         device = self.model.device
         prompts = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
