@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qalign.cli import override_args
 from qalign.errors import QalignError
 from qalign.io import atomic_write_text, read_yaml_mapping
 
@@ -54,12 +55,12 @@ def _as_list(spec: dict[str, Any], key: str, path: Path) -> list[Any]:
     return values
 
 
-def _overrides(value: Any, key: str, path: Path) -> list[str]:
+def _overrides(value: Any, key: str, path: Path) -> dict[str, Any]:
     if value is None:
-        return []
+        return {}
     if not isinstance(value, dict):
         raise QalignError(f"{path}: `{key}` must be a mapping of LLaMA-Factory keys, e.g. {key}: {{max_steps: 20}}.")
-    return [f"{k}={json.dumps(v) if isinstance(v, list | dict) else v}" for k, v in value.items()]
+    return value
 
 
 def load_grid(path: str | Path) -> tuple[list[Run], dict[str, Any]]:
@@ -82,7 +83,7 @@ def load_grid(path: str | Path) -> tuple[list[Run], dict[str, Any]]:
             raise QalignError(f"{path}: prompt variant `{variant}` needs a dataset and an eval_set "
                               "(its own or the top-level `eval_set`).")
         # a variant's own train_args/predict_args come after the shared ones, so they win
-        extra = tuple(_overrides(spec.get(key), key, path) + _overrides(value.get(key), key, path)
+        extra = tuple(override_args(_overrides(spec.get(key), key, path), _overrides(value.get(key), key, path))
                       for key in ("train_args", "predict_args"))
         variants.append((str(variant), str(value["dataset"]), str(eval_set), *extra))
     root = Path(spec["output_dir"])

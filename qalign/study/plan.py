@@ -6,12 +6,11 @@ OUTPUT/runs/<run>/{train,predict,eval}; <run> is `base` or `<method>-s<seed>`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
+from qalign.cli import override_args, override_value
 from qalign.study.config import StudyConfig
 
 # Only these keys of `mining_args` reach `qalign convert preference|kto`, as --dashed-options.
@@ -37,22 +36,6 @@ def run_id(method: str, seed: int) -> str:
 
 def run_dir(cfg: StudyConfig, run: str) -> Path:
     return cfg.output / "runs" / run
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-
-
-def key_values(*layers: dict[str, Any]) -> list[str]:
-    """Merge mappings (later wins) into LLaMA-Factory `key=value` overrides, each key once."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged.update(layer)
-    return [f"{key}={_value(value)}" for key, value in merged.items()]
 
 
 def _file_check(path: Path, what: str) -> Callable[[], str | None]:
@@ -99,7 +82,7 @@ def _mined_steps(cfg: StudyConfig, methods: set[str], suffix: str, adapter: Path
         mining += ["--adapter", str(adapter)]
     for key in _MINING_KEYS:
         if key in cfg.mining_args:
-            mining += [f"--{key.replace('_', '-')}", _value(cfg.mining_args[key])]
+            mining += [f"--{key.replace('_', '-')}", override_value(cfg.mining_args[key])]
     prompt, steps = ["--prompt", cfg.prompt], []
     if methods & {"dpo", "orpo"}:
         pref = _convert(cfg, "preference", cfg.train, f"pref{suffix}", cfg.train_limit, mining, prompt)
@@ -147,7 +130,7 @@ def _predict_eval(cfg: StudyConfig, run: str, method: str, adapter: Path | None,
     predictions = folder / "predict" / "generated_predictions.jsonl"
     recipe = cfg.recipe("predict")
     return [
-        Step(f"predict {run}", ["train", str(recipe), *key_values(base_args, cfg.predict_args, predict_over)],
+        Step(f"predict {run}", ["train", str(recipe), *override_args(base_args, cfg.predict_args, predict_over)],
              predictions, (*needs, f"data {test}"), run, _file_check(recipe, "the predict recipe")),
         Step(f"eval {run}", ["eval", "--predictions", str(predictions), "--gold",
                              str(Path("data") / f"{cfg.dataset(test)}.json"), "--output", str(folder / "eval")],
@@ -182,7 +165,7 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
                 base_args |= {"adapter_name_or_path": str(sft_adapter), "ref_model": cfg.model,
                               "ref_model_adapters": str(sft_adapter)}
                 needs = (f"train {sft_run}",)
-            train = Step(f"train {run}", ["train", str(recipe), *key_values(base_args, cfg.train_args, overrides)],
+            train = Step(f"train {run}", ["train", str(recipe), *override_args(base_args, cfg.train_args, overrides)],
                          train_dir / "train_results.json", (f"data {data}", *needs), run,
                          _file_check(recipe, f"no {method.upper()} recipe for this model"))
             steps.append(train)
