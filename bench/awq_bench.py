@@ -236,19 +236,14 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def _meta() -> dict[str, Any]:
-    import importlib.metadata as md
-
     import torch
 
+    from qalign.study.repro import package_versions
+
     names = ("torch", "transformers", "peft", "autoawq", "llamafactory", "trl", "liger-kernel", "triton")
-    versions = []
-    for name in names:
-        try:
-            versions.append(f"{name} {md.version(name)}")
-        except md.PackageNotFoundError:
-            versions.append(f"{name} -")
+    versions = ", ".join(f"{name} {version}" for name, version in package_versions(names).items())
     return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "versions": ", ".join(versions), "date": time.strftime("%Y-%m-%d %H:%M")}
+            "versions": versions, "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -75,12 +74,12 @@ def qalign_config(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
 
 def run_qalign(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """`qalign train` in a subprocess; timings from its train_results.json, rewards from trainer_state.json."""
+    from qalign.cli import run_in_subprocess
+
     out.mkdir(parents=True, exist_ok=True)
     config = out / "grpo.yaml"
     config.write_text(yaml.safe_dump(qalign_config(args, out)))
-    with (out / "train.log").open("w") as log:
-        code = subprocess.run([sys.executable, "-m", "qalign.cli", "train", str(config)], stdout=log,
-                              stderr=subprocess.STDOUT, check=False).returncode
+    code = run_in_subprocess(["train", str(config)], out / "train.log")
     if code != 0:
         sys.exit(f"qalign train failed (exit {code}); see {out / 'train.log'}")
     runtime = json.loads((out / "train_results.json").read_text())["train_runtime"]
@@ -167,6 +166,8 @@ def environment() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qalign.io import atomic_write_json
+
     args = parse_args(argv)
     if args.batch % args.num_generations:
         sys.exit(f"--batch ({args.batch}) must be a multiple of --num-generations ({args.num_generations}).")
@@ -188,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['completions_per_s']:.1f} | {r['reward_first']:.3f} | {r['reward_last']:.3f} |")
     table = "\n".join(lines)
     print(f"\n{table}\n\n{environment()}\ncommand: python {' '.join(sys.argv)}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"rows": rows, "args": vars(args), "env": environment()}, indent=2))
+    atomic_write_json(out / "results.json", {"rows": rows, "args": vars(args), "env": environment()})
     return 0
 
 

@@ -1,7 +1,7 @@
 """Measure one LLaMA-Factory run in this process: peak GPU memory, step times, tokens/s, LoRA-on-AWQ health.
 
 `run_recipe(recipe, overrides, result_path)` loads a qalign recipe, applies `key=value` overrides, registers qalign's
-stages when `qalign.register` is there, and runs `llamafactory.train.tuner.run_exp` with a `MeasureCallback`.
+stages, and runs `llamafactory.train.tuner.run_exp` with a `MeasureCallback`.
 Run one recipe per process: LLaMA-Factory and Liger patch classes globally, and the memory peak is per process.
 """
 
@@ -111,26 +111,23 @@ def count_generated_tokens(output_dir: Path, model_dir: str) -> int | None:
 
 def load_recipe(recipe: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """The recipe's YAML with `overrides` on top (what `qalign train recipe.yaml key=value` would run)."""
-    import yaml
+    from qalign.io import read_yaml_mapping
 
-    args = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    args.update(overrides)
-    return args
+    return {**read_yaml_mapping(recipe, "recipe", "recipes/qwen3-8b-awq/sft.yaml"), **overrides}
 
 
 def run_recipe(recipe: Path, overrides: dict[str, Any], result_path: Path) -> dict[str, Any]:
     """Run the recipe in this process and write the measurements (or the error) to `result_path` as JSON."""
+    from qalign.io import atomic_write_text
+    from qalign.register import register_all
+
     result: dict[str, Any] = {"recipe": str(recipe), "overrides": overrides, "ok": False}
     started = time.perf_counter()
     callback = MeasureCallback()
     try:
-        try:
-            from qalign.register import register_all
-        except ImportError:
-            register_all = None
-        if register_all is not None:
-            register_all()
+        register_all()
         args = load_recipe(recipe, overrides)
+        output_dir, model_dir = Path(args["output_dir"]), args["model_name_or_path"]  # before run_exp consumes args
         if args.pop(FAST_BACKWARD, False):
             from qalign.awq.backward import patch_awq_backward
 
@@ -151,14 +148,12 @@ def run_recipe(recipe: Path, overrides: dict[str, Any], result_path: Path) -> di
         result["device"] = cuda.get_device_name()
     result.update(summarize(result))
     if result["ok"] and result.get("predict_s"):
-        args = load_recipe(recipe, overrides)
-        tokens = count_generated_tokens(Path(args["output_dir"]), args["model_name_or_path"])
+        tokens = count_generated_tokens(output_dir, model_dir)
         if tokens:
             batches = result["predict_batches"]
             steady = result.get("predict_steady_s")
             per_s = tokens * (batches - 1) / batches / steady if steady else tokens / result["predict_s"]
             result.update(generated_tokens=tokens, tokens_per_s=per_s)
     result["wall_s"] = time.perf_counter() - started
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(result_path, json.dumps(result, indent=2, default=str) + "\n")
     return result
