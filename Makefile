@@ -64,7 +64,7 @@ help:
 	@echo "make install | model | data | sft | pref-data | dpo | orpo | kto | grpo | grpo-sweep | predict | eval | report"
 	@echo "     pipeline | study | demo | webui | test | lint"
 	@echo "variables: MODEL_NAME MODEL NQ NQ_DEV TOP_K PROMPT TRAIN_LIMIT DEV_LIMIT MAX_STEPS BATCH METHODS OUT"
-	@echo "           PREF_FROM NUM_SAMPLES PREF_LIMIT PREF_STEPS GRPO_STEPS GRPO_BATCH SEEDS STUDY_METHODS"
+	@echo "           PREF_FROM NUM_SAMPLES PREF_LIMIT PREF_STEPS GRPO_STEPS GRPO_BATCH SEEDS STUDY_METHODS STUDY_ARGS DEMO_ARGS"
 
 install:
 	$(PYTHON) -m venv $(VENV)

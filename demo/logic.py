@@ -18,7 +18,9 @@ from typing import Any
 
 from qalign.converters.prompts import available_prompts, load_prompt, render_prompt
 from qalign.converters.records import QARecord
+from qalign.errors import QalignError
 from qalign.evaluators.metrics import score_all
+from qalign.io import read_yaml_mapping
 
 BASE_LABEL = "base"
 ENV_PREFIX = "QALIGN_DEMO_"
@@ -64,17 +66,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _recipe_values(path: str) -> dict[str, Any]:
     """`model_name_or_path` and `template` of a LLaMA-Factory recipe (so the page uses the predict recipe's)."""
-    import yaml
-
     try:
-        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise DemoError(
-            f"{path}: cannot read the recipe ({exc}). Pass an existing recipes/<model>/predict.yaml."
-        ) from None
-    if not isinstance(recipe, dict):
-        raise DemoError(f"{path}:1: a recipe is a YAML mapping of key: value lines.")
-    return recipe
+        return read_yaml_mapping(path, "recipe", "recipes/smollm2-135m/predict.yaml",
+                                 ("model_name_or_path", "template"))
+    except QalignError as exc:
+        raise DemoError(f"cannot read the recipe: {exc}") from None
 
 
 def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> DemoConfig:

@@ -13,7 +13,8 @@ _EPILOG = """\
 Study file keys: name, model, template, recipes (folder), train, test (raw QA files), top_k, prompt, methods,
 seeds, cot_teacher, cot_prompt, cot_min_f1, train_limit, test_limit, output (default reports/NAME),
 bootstrap {samples, seed, level}, train_args / predict_args (LLaMA-Factory keys for every run), mining_args
-(sampling options of `qalign convert preference|kto`), overrides {METHOD: {key: value, predict: {...}}}.
+(sampling options of `qalign convert preference|kto`), overrides {METHOD: {key: value, predict: {...}}},
+from_sft (of dpo, orpo, kto: mine from and continue each seed's SFT run instead of starting from the base model).
 Training keys, later wins: recipe < study keys (model, template, dataset, output_dir, seed) < train_args <
 overrides.METHOD. Give KEY=VALUE assignments before the --options.
 
