@@ -123,7 +123,7 @@ predict:
 	@set -e; for m in $(METHODS); do \
 		if [ $$m = base ]; then adapter=; else adapter=adapter_name_or_path=$(OUT)/$$m; fi; \
 		echo "== predict $$m"; \
-		$(QALIGN) train $(RECIPES)/predict.yaml model_name_or_path=$(MODEL) eval_dataset=$(DEV_SET) \
+		$(QALIGN) predict $(RECIPES)/predict.yaml model_name_or_path=$(MODEL) eval_dataset=$(DEV_SET) \
 			output_dir=$(OUT)/predict-$$m $$adapter $(PREDICT_ARGS); \
 	done
 

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from qalign.generation import BatchGenerator, GenerationOutOfMemory
+
 
 @dataclass
 class Answer:
@@ -74,7 +76,7 @@ class AdapterError(Exception):
 
 def describe_error(exc: BaseException, label: str) -> str:
     """A message for the page: what failed, and what to do about it."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, torch.OutOfMemoryError | GenerationOutOfMemory):
         return (f"{label}: out of memory while generating. Lower 'max new tokens', shorten the passages, "
                 "compare fewer models at once, or use a smaller model.")
     if isinstance(exc, AdapterError):
@@ -193,8 +195,6 @@ class Engine:
         on_text: Callable[[str], None] | None,
     ) -> None:
         started = time.perf_counter()
-        device = next(self.model.parameters()).device
-        inputs = torch.tensor([prompt_ids], device=device)
         streamer = _CountingStreamer(self.tokenizer, started)
         cancel = threading.Event()
         failure: list[BaseException] = []
@@ -204,17 +204,12 @@ class Engine:
             try:
                 if self.threads:
                     torch.set_num_threads(self.threads)  # set where generate runs; restored below
-                with torch.inference_mode():
-                    self.model.generate(
-                        input_ids=inputs,
-                        attention_mask=torch.ones_like(inputs),
-                        max_new_tokens=max_new_tokens,
-                        do_sample=False,
-                        eos_token_id=self.stop_token_ids,
-                        pad_token_id=self.tokenizer.pad_token_id,
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
-                    )
+                # qalign's generation engine, as predict and mining use it (one row: no batching to do)
+                BatchGenerator(self.model, self.tokenizer.pad_token_id).generate([prompt_ids], {
+                    "max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": self.stop_token_ids,
+                    "pad_token_id": self.tokenizer.pad_token_id, "streamer": streamer,
+                    "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)]),
+                }, progress=False)
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
                 streamer.end()

@@ -114,7 +114,7 @@ def run_steps(run: Run, shared: dict[str, Any], common: list[str], grpo_only: li
                 run.root / run.name / "train.log")
     predictions = predict / "generated_predictions.jsonl"
     if force or not predictions.is_file():
-        _qalign(["train", shared["predict"], f"adapter_name_or_path={train}", f"eval_dataset={run.eval_set}",
+        _qalign(["predict", shared["predict"], f"adapter_name_or_path={train}", f"eval_dataset={run.eval_set}",
                  f"output_dir={predict}", *run.predict_args, *common], run.root / run.name / "predict.log")
     code = qalign_main(["eval", "--predictions", str(predictions), "--gold", f"data/{run.eval_set}.json",
                         "--output", str(evaluation)])

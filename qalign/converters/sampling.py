@@ -36,7 +36,7 @@ CACHE_FORMAT = 1
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How samples are drawn; every field except `batch_size` and `device` is recorded in the cache header."""
+    """How samples are drawn; every field except the batch sizes and `device` is recorded in the cache header."""
 
     model: str
     adapter: str | None = None
@@ -46,7 +46,8 @@ class SamplingConfig:
     top_p: float = 0.95
     max_new_tokens: int = 32
     seed: int = 42
-    batch_size: int = 4
+    batch_size: int = 256  # questions per chunk: sampled together, then appended to the cache in order
+    batch_tokens: int | None = None  # the engine's budget per generate call (None: sized from free GPU memory)
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -54,7 +55,7 @@ class SamplingConfig:
             raise QalignError("need --temperature > 0, 0 < --top-p <= 1, --num-samples >= 1 and --batch-size >= 1.")
 
     def header(self) -> dict[str, Any]:
-        settings = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device")}
+        settings = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "batch_tokens", "device")}
         return {"qalign_samples": CACHE_FORMAT, **settings}
 
 
@@ -137,11 +138,13 @@ def _row_noise(seeds: list[int]):
 
 
 class Sampler:
-    """A model + tokenizer + template loaded the LLaMA-Factory way (LoRA adapters applied)."""
+    """A model + tokenizer + template loaded the LLaMA-Factory way (LoRA adapters applied), sampling through
+    qalign's batch engine (length-sorted batches, each prompt's prefill shared by its N samples)."""
 
     def __init__(self, config: SamplingConfig) -> None:
         # LLaMA-Factory's INFO logs would bury the progress bar and the summary; LLAMAFACTORY_VERBOSITY=INFO shows them
         os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
+        from qalign.generation import BatchGenerator, BatchLimits
         from qalign.inference import InferenceSetup
 
         args: dict[str, Any] = {"model_name_or_path": config.model, "template": config.template,
@@ -159,57 +162,32 @@ class Sampler:
         self.tokenizer, self.stop_ids = self.setup.tokenizer, self.setup.stop_ids
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.generator = BatchGenerator(self.model, self.pad_id, BatchLimits(tokens=config.batch_tokens),
+                                        setting="--batch-tokens")
 
     def sample(self, questions: list[Question]) -> list[list[str]]:
-        """`num_samples` completions for each question, in one left-padded `generate` call."""
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+        """`num_samples` completions for each question; row (question, j) draws its noise from row_seed."""
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-        n, cfg = self.config.num_samples, self.config
-        encoded = [self.setup.encode(q.prompt) for q in questions]
-        width = max(map(len, encoded))
-        device = self.model.device
-        prompts = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
-        cache = self._shared_prefix(prompts, mask)
-        processors = [TemperatureLogitsWarper(cfg.temperature)]
-        if cfg.top_p < 1:
-            processors.append(TopPLogitsWarper(cfg.top_p))
-        processors.append(_row_noise([row_seed(cfg.seed, q.id, j) for q in questions for j in range(n)]))
-        generation = GenerationConfig(do_sample=False, max_new_tokens=cfg.max_new_tokens,
-                                      eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
-        with torch.inference_mode():
-            output = self.model.generate(
-                input_ids=prompts.repeat_interleave(n, dim=0), attention_mask=mask.repeat_interleave(n, dim=0),
-                past_key_values=cache, generation_config=generation, logits_processor=LogitsProcessorList(processors),
-                use_model_defaults=False,  # the model's own sampling defaults must not switch do_sample back on
-            )
-        texts = [self._decode(ids) for ids in output[:, width:].tolist()]
-        return [texts[i * n:(i + 1) * n] for i in range(len(questions))]
+        cfg = self.config
 
-    def _shared_prefix(self, prompts, mask):
-        """Run each prompt once (all but its last token) and copy the KV cache to its N sample rows: the N
-        samples share the prompt, so this divides prompt processing by N. None where the model can't (old code)."""
-        import torch
-        from transformers import DynamicCache
+        def processors(rows: list[tuple[int, int]]) -> list[Any]:
+            warpers: list[Any] = [TemperatureLogitsWarper(cfg.temperature)]
+            if cfg.top_p < 1:
+                warpers.append(TopPLogitsWarper(cfg.top_p))
+            return [*warpers, _row_noise([row_seed(cfg.seed, questions[i].id, j) for i, j in rows])]
 
-        if self.config.num_samples == 1 or prompts.shape[1] < 2:
-            return None
-        cache = DynamicCache(config=self.model.config)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        try:
-            with torch.inference_mode():
-                self.model(input_ids=prompts[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                           past_key_values=cache, use_cache=True, logits_to_keep=1)
-        except TypeError:  # a remote-code model without logits_to_keep / cache objects: plain generate
-            return None
-        cache.batch_repeat_interleave(self.config.num_samples)
-        return cache
+        generation = {"do_sample": False, "max_new_tokens": cfg.max_new_tokens, "eos_token_id": self.stop_ids,
+                      "pad_token_id": self.pad_id,
+                      "use_model_defaults": False}  # the model's sampling defaults must not switch do_sample on
+        outputs = self.generator.generate([self.setup.encode(q.prompt) for q in questions], generation,
+                                          copies=cfg.num_samples, processors=processors, progress=False)
+        return [[self._decode(ids) for ids in rows] for rows in outputs]
 
     def _decode(self, ids: list[int]) -> str:
-        stops = set(self.stop_ids)
-        end = next((i for i, token in enumerate(ids) if token in stops), len(ids))
-        return self.tokenizer.decode(ids[:end], skip_special_tokens=True).strip()
+        from qalign.generation import cut_at_stop
+
+        return self.tokenizer.decode(cut_at_stop(ids, self.stop_ids), skip_special_tokens=True).strip()
 
 
 def _cache_row(question: Question, texts: list[str]) -> dict[str, Any]:
@@ -315,7 +293,7 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig | None:
     return SamplingConfig(model=args.model, adapter=args.adapter, template=args.template,
                           num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
                           max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
-                          device=args.device)
+                          batch_tokens=args.batch_tokens, device=args.device)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -336,7 +314,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, metavar="K",
                        help="tokens per completion (%(default)s)")
     group.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="B",
-                       help="questions per generate call (%(default)s)")
+                       help="questions sampled together and then written to the cache, in input order (the unit "
+                            "a killed run loses); the engine batches them under a memory budget (%(default)s)")
+    group.add_argument("--batch-tokens", type=int, default=defaults.batch_tokens, metavar="T",
+                       help="rows x (prompt + new tokens) per generate call (default: sized from free GPU memory, "
+                            "32768 on CPU); a batch that runs out of memory is split and retried")
     group.add_argument("--seed", type=int, default=defaults.seed,
                        help="seed; samples depend on (seed, question id) (%(default)s)")
     group.add_argument("--device", default=defaults.device,

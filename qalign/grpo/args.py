@@ -57,6 +57,12 @@ class GRPOArguments:
     top_entropy_quantile: float = field(default=1.0, metadata=_help("Keep the top-rho entropy tokens in the loss."))
     steps_per_generation: int | None = field(default=None, metadata=_help("Steps per generation (None: grad acc)."))
     generation_batch_size: int | None = field(default=None, metadata=_help("Completions per generation round."))
+    use_transformers_paged: bool = field(
+        default=False, metadata=_help("Roll out with transformers' paged continuous batching (generate_batch).")
+    )
+    cache_implementation: str | None = field(
+        default=None, metadata=_help("KV cache of the rollout `generate` (None: dynamic; e.g. static).")
+    )
     disable_dropout: bool = field(default=False, metadata=_help("Disable dropout in the policy."))
     sync_ref_model: bool = field(default=False, metadata=_help("TR-DPO style reference model sync."))
     ref_model_mixup_alpha: float = field(default=0.6, metadata=_help("Reference sync mix-up alpha."))

@@ -7,13 +7,12 @@ gold aliases (`answers`, dropped by LLaMA-Factory's `align_dataset`) are re-atta
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from qalign.evaluators.metrics import strip_think
 from qalign.grpo.args import GRPOArguments, build_grpo_config, parse_grpo_args, split_grpo_args
 from qalign.grpo.rewards import get_reward_funcs
-from qalign.io import iter_json_records
+from qalign.lf_datasets import registered_rows
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -153,27 +152,17 @@ def build_prompt_dataset(
 
 def load_answer_rows(data_args: DataArguments) -> list[tuple[str, str, list[str]]]:
     """(file:row, output text, gold aliases) per row, in the order LLaMA-Factory loads `data_args.dataset`."""
-    from llamafactory.data.parser import get_dataset_list
-
     rows: list[tuple[str, str, list[str]]] = []
     fallback = 0
-    for attr in get_dataset_list(data_args.dataset, data_args.dataset_dir):
-        path = os.path.join(data_args.dataset_dir, attr.dataset_name)
-        if attr.load_from != "file" or not os.path.isfile(path) or attr.num_samples is not None:
-            raise ValueError(f"Dataset `{attr}`: the GRPO stage reads gold answers from a local .json/.jsonl file "
-                             f"registered in {data_args.dataset_dir}/dataset_info.json without `num_samples` "
-                             "(make one with `qalign convert eval --dataset NAME`).")
+    for location, record, attr in registered_rows(data_args.dataset, data_args.dataset_dir, data_args.max_samples,
+                                                  "the GRPO stage (gold answers)"):
         if attr.formatting != "alpaca":
             raise ValueError(f"Dataset `{attr}`: the GRPO stage expects alpaca columns (instruction/input/output).")
-        records = list(iter_json_records(path))
-        if data_args.max_samples is not None:
-            records = records[: data_args.max_samples]
-        for line, record in records:
-            response = record.get(attr.response or "output") or ""
-            golds = record.get(ANSWERS_COLUMN)
-            if not isinstance(golds, list) or not golds:
-                golds, fallback = [response], fallback + 1
-            rows.append((f"{path}:{line}", str(response), [str(g) for g in golds]))
+        response = record.get(attr.response or "output") or ""
+        golds = record.get(ANSWERS_COLUMN)
+        if not isinstance(golds, list) or not golds:
+            golds, fallback = [response], fallback + 1
+        rows.append((location, str(response), [str(g) for g in golds]))
     if fallback:
         _logger().warning_rank0(
             f"{fallback} GRPO row(s) have no `{ANSWERS_COLUMN}` list; their `output` is the only gold alias."

@@ -14,8 +14,8 @@ from qalign.cli import override_args, override_value
 from qalign.study.config import StudyConfig
 
 # Only these keys of `mining_args` reach `qalign convert preference|kto`, as --dashed-options.
-_MINING_KEYS = ("num_samples", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "device",
-                "strategy", "threshold")
+_MINING_KEYS = ("num_samples", "temperature", "top_p", "max_new_tokens", "batch_size", "batch_tokens", "seed",
+                "device", "strategy", "threshold")
 
 
 @dataclass
@@ -130,7 +130,7 @@ def _predict_eval(cfg: StudyConfig, run: str, method: str, adapter: Path | None,
     predictions = folder / "predict" / "generated_predictions.jsonl"
     recipe = cfg.recipe("predict")
     return [
-        Step(f"predict {run}", ["train", str(recipe), *override_args(base_args, cfg.predict_args, predict_over)],
+        Step(f"predict {run}", ["predict", str(recipe), *override_args(base_args, cfg.predict_args, predict_over)],
              predictions, (*needs, f"data {test}"), run, _file_check(recipe, "the predict recipe")),
         Step(f"eval {run}", ["eval", "--predictions", str(predictions), "--gold",
                              str(Path("data") / f"{cfg.dataset(test)}.json"), "--output", str(folder / "eval")],
