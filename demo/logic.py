@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from qalign.converters.prompts import available_prompts, load_prompt, render_prompt
-from qalign.converters.records import QARecord
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import score_all
 from qalign.io import read_yaml_mapping
+from qalign.records import QARecord
 
 BASE_LABEL = "base"
 ENV_PREFIX = "QALIGN_DEMO_"

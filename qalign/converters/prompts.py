@@ -16,8 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import qalign
-from qalign.converters.records import QARecord
 from qalign.errors import QalignError
+from qalign.records import QARecord
 
 PROMPTS_DIR = Path(qalign.__file__).resolve().parents[1] / "recipes" / "prompts"
 CLOSED_BOOK = "closed_book"
