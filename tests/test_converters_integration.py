@@ -11,9 +11,9 @@ import pytest
 from qalign.converters.alpaca import convert_alpaca
 from qalign.converters.eval_set import convert_eval
 from qalign.converters.job import ConvertJob
-from qalign.converters.sample import DEV, SAMPLE_DIR, TRAIN, build_records, has_answer, write_sample
 from qalign.evaluators.metrics import normalize_answer
 from qalign.records import load_records
+from scripts.make_sample import DEV, SAMPLE_DIR, TRAIN, build_records, has_answer, write_sample
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_DEV = SHARED_DATA / "nq-open-top5.dev.jsonl.gz"
