@@ -25,13 +25,14 @@ class _RegisterOnLlamaFactory:
     """A meta path finder that finds nothing: the first lookup of `llamafactory` registers qalign, then the
     normal finders load it. (Not an importlib.abc subclass: importing that alone costs ~20 ms at start-up.)"""
 
-    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
-        if fullname == TARGET:
-            disarm()
-            from qalign.register import register_all
+    def find_spec(self, fullname: str, path: object, target: object = None) -> object:
+        if fullname != TARGET:
+            return None
+        disarm()
+        from qalign.register import patched_spec, register_all
 
-            register_all()
-        return None
+        register_all()
+        return patched_spec(fullname, path, target)  # this import no longer asks the finder register_all added
 
 
 def armed() -> bool:

@@ -258,6 +258,12 @@ def test_webui_lists_grpo_and_its_arguments(webui) -> None:
     for name in ("num_generations", "beta", "temperature", "max_completion_length", "reward_funcs"):
         assert engine.manager.get_elem_by_id(f"train.grpo_{name}")._id in demo.blocks  # rendered in the Train tab
     assert runner.Popen.__module__ == "qalign.register"
+    # one set of defaults: the web UI starts from the stage's own (TRL's GRPOConfig + qalign's)
+    from qalign.grpo.args import GRPO_DEFAULTS
+
+    for name in ("num_generations", "beta", "temperature", "max_completion_length", "loss_type"):
+        assert engine.manager.get_elem_by_id(f"train.grpo_{name}").value == GRPO_DEFAULTS[name], name
+    assert GRPO_DEFAULTS["num_generations"] == parse_grpo_args({}).num_generations == 8
 
 
 def test_webui_run_trains_grpo_with_qalign_train(webui, tiny_qwen3: Path, monkeypatch) -> None:
