@@ -87,7 +87,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     parser.add_argument("--template", default=default("TEMPLATE"), help="LLaMA-Factory chat template")
     parser.add_argument("--outputs", default=default("OUTPUTS", "outputs"), help="folder searched for adapters")
     parser.add_argument("--data", default=default("DATA", "data"), help="folder of converted eval sets (*.json)")
-    parser.add_argument("--prompt", default=default("PROMPT", "answer_only"), help="bundled prompt template (qalign/prompts/)")
+    parser.add_argument("--prompt", default=default("PROMPT", "answer_only"), help="prompt name (qalign/prompts/)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         default=(default("TRUST_REMOTE_CODE") or "0").lower() in _TRUE,
                         help="run the model repository's own code (off by default)")

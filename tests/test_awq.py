@@ -343,6 +343,7 @@ def test_bench_dry_run_plans_every_stage() -> None:
     assert _bench("--dry-run", "--stages", "sft,nope").returncode == 2
 
 
+@pytest.mark.slow
 def test_bench_stage_runs_on_cpu_with_a_plain_tiny_model(tmp_path: Path) -> None:
     """The bench child: recipe + overrides through run_exp, with its measurements (no AWQ, fp16 or Liger on CPU)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
