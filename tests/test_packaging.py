@@ -3,12 +3,12 @@ start-up hook makes the real `llamafactory-cli` see the GRPO stage (opt-out: QAL
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -19,8 +19,11 @@ from tests.conftest import REPO
 from tests.test_grpo import RECIPE, _tiny, _write_dataset
 
 SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", PTH_FILE, "qalign")
-LLAMAFACTORY_CLI = Path(sys.executable).parent / "llamafactory-cli"
-STACK = sysconfig.get_paths()["purelib"]  # this venv's site-packages: the pinned stack (its .pth files unread)
+# the folder holding the pinned stack, and the real console script (run below by another interpreter)
+STACK = Path(importlib.util.find_spec("llamafactory").origin).parents[1]  # its .pth files stay unread
+LLAMAFACTORY_CLI = next((p for p in (Path(sys.executable).parent / "llamafactory-cli",
+                                     STACK.parents[2] / "bin" / "llamafactory-cli",  # <venv>/lib/pythonX.Y/site-...
+                                     Path(shutil.which("llamafactory-cli") or "/nonexistent")) if p.is_file()), None)
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -61,7 +64,7 @@ def _venv_on_the_stack(folder: Path) -> Path:
     python = folder / "bin" / "python"
     site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                      cwd=folder, env=_env()).stdout.strip())
-    (site / "zz-pinned-stack.pth").write_text(STACK + "\n")
+    (site / "zz-pinned-stack.pth").write_text(f"{STACK}\n")
     return python
 
 
@@ -126,6 +129,7 @@ def test_plain_llamafactory_sees_grpo_after_installing_the_wheel(wheel: Path, ti
     assert _probe(python, work, _env(QALIGN_NO_AUTOREGISTER="1")) == ["False", "[]", "None", "False", "False"]
 
     # the real llamafactory-cli script, run by that interpreter, trains `stage: grpo`
+    assert LLAMAFACTORY_CLI, "llamafactory-cli is neither beside this python nor on PATH: is the stack installed?"
     _write_dataset(work)
     _run([str(python), str(LLAMAFACTORY_CLI), "train", RECIPE, *_tiny(tiny_qwen3, "out/grpo"), "max_steps=2",
           "num_generations=4", "per_device_train_batch_size=4", "max_completion_length=8"], cwd=work, env=_env())
