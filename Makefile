@@ -58,11 +58,13 @@ SEEDS      ?=
 STUDY_METHODS ?=
 STUDY_ARGS ?=
 
-.PHONY: help install test lint model data sft pref-data dpo orpo kto grpo-data grpo grpo-sweep predict eval report pipeline study demo webui clean
+.PHONY: help install test test-fast lint sample model data sft pref-data dpo orpo kto grpo-data grpo grpo-sweep predict eval report pipeline study demo webui clean
 
 help:
 	@echo "make install | model | data | sft | pref-data | dpo | orpo | kto | grpo | grpo-sweep | predict | eval | report"
-	@echo "     pipeline | study | demo | webui | test | lint"
+	@echo "     pipeline | study | demo | webui | test | test-fast | lint | sample | clean"
+	@echo "test: every test (CI); test-fast: skips the runs marked slow (< 3 min on 2 cores)"
+	@echo "sample: rewrite data/sample/ (scripts/make_sample.py); GPU benchmarks: bench/*.py, figures in bench/RESULTS.md"
 	@echo "variables: MODEL_NAME MODEL NQ NQ_DEV TOP_K PROMPT TRAIN_LIMIT DEV_LIMIT MAX_STEPS BATCH METHODS OUT"
 	@echo "           PREF_FROM NUM_SAMPLES PREF_LIMIT PREF_STEPS GRPO_STEPS GRPO_BATCH SEEDS STUDY_METHODS STUDY_ARGS DEMO_ARGS"
 
@@ -76,8 +78,15 @@ install:
 test:
 	$(BIN)/pytest -q tests
 
+test-fast:
+	$(BIN)/pytest -q -m "not slow" tests
+
 lint:
-	$(BIN)/ruff check qalign tests
+	$(BIN)/ruff check qalign tests bench scripts setup.py
+
+# the hand-written sample the project ships (deterministic; tests/test_converters_integration.py checks it)
+sample:
+	$(BIN)/python scripts/make_sample.py
 
 model:
 ifeq ($(MODEL),models/smollm2-135m-instruct)

@@ -90,7 +90,7 @@ def _tail(log: Path, lines: int = 25) -> str:
 
 def build_inputs(args: argparse.Namespace) -> None:
     """The random Qwen3-8B-shaped AWQ checkpoint and the synthetic datasets, in `args.work`."""
-    from qalign.awq.synthetic import write_bench_datasets, write_random_awq_checkpoint
+    from bench.awq_synthetic import write_bench_datasets, write_random_awq_checkpoint
 
     ckpt = args.work / "qwen3-8b-awq-random"
     if not (ckpt / "model.safetensors.index.json").exists():
@@ -287,7 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        from qalign.awq.measure import run_recipe
+        from bench.awq_measure import run_recipe
 
         os.environ.update(ENV)
         recipe = args.recipes / STAGES[args.child][0]

@@ -114,7 +114,7 @@ def build_random_bf16(folder: Path, small: bool = False) -> None:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     sys.path.insert(0, str(REPO))
-    from qalign.awq.synthetic import QWEN3_8B_SHAPE, word_level_tokenizer
+    from bench.awq_synthetic import QWEN3_8B_SHAPE, word_level_tokenizer
 
     shape = {**QWEN3_8B_SHAPE, **(SMALL_SHAPE if small else {})}
     tokenizer = word_level_tokenizer(shape["vocab_size"])
@@ -144,7 +144,7 @@ def part_qwen8b(bench: Bench, args: argparse.Namespace) -> None:
 
 def part_awq(bench: Bench, args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
-    from qalign.awq.synthetic import write_random_awq_checkpoint
+    from bench.awq_synthetic import write_random_awq_checkpoint
 
     model = bench.work / "qwen8b-awq"
     if not (model / "config.json").exists():
@@ -171,7 +171,7 @@ def _grpo_stats(folder: Path, completions_per_step: int) -> dict[str, Any]:
 
 def part_grpo_awq(bench: Bench, args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
-    from qalign.awq.synthetic import write_bench_datasets
+    from bench.awq_synthetic import write_bench_datasets
 
     if not (bench.work / "data" / "bench_grpo.json").exists():
         write_bench_datasets(bench.work, rows=256, passage_words=170)  # ~900-token prompts

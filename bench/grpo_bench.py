@@ -74,7 +74,7 @@ def qalign_config(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
 
 def run_qalign(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """`qalign train` in a subprocess; timings from its train_results.json, rewards from trainer_state.json."""
-    from qalign.cli import run_in_subprocess
+    from qalign.procs import run_in_subprocess
 
     out.mkdir(parents=True, exist_ok=True)
     config = out / "grpo.yaml"

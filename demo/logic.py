@@ -1,6 +1,6 @@
 """Page logic of the inference demo, free of Streamlit: configuration, adapter discovery, prompts, eval records, scores.
 
-The prompt is built exactly as for training and prediction: a `recipes/prompts/*.txt` template filled by
+The prompt is built exactly as for training and prediction: a bundled `qalign/prompts/*.txt` template filled by
 `qalign.converters.prompts.render_prompt`; `demo/engine.py` then wraps it in the LLaMA-Factory chat template.
 """
 
@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from qalign.converters.prompts import available_prompts, load_prompt, render_prompt
-from qalign.converters.records import QARecord
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import score_all
 from qalign.io import read_yaml_mapping
+from qalign.records import QARecord
 
 BASE_LABEL = "base"
 ENV_PREFIX = "QALIGN_DEMO_"
@@ -87,7 +87,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     parser.add_argument("--template", default=default("TEMPLATE"), help="LLaMA-Factory chat template")
     parser.add_argument("--outputs", default=default("OUTPUTS", "outputs"), help="folder searched for adapters")
     parser.add_argument("--data", default=default("DATA", "data"), help="folder of converted eval sets (*.json)")
-    parser.add_argument("--prompt", default=default("PROMPT", "answer_only"), help="recipes/prompts template")
+    parser.add_argument("--prompt", default=default("PROMPT", "answer_only"), help="prompt name (qalign/prompts/)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         default=(default("TRUST_REMOTE_CODE") or "0").lower() in _TRUE,
                         help="run the model repository's own code (off by default)")

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
 from qalign.errors import QalignError
 
@@ -25,34 +21,6 @@ def run_llamafactory(argv: list[str]) -> int:
     sys.argv = ["llamafactory-cli", *argv]
     llamafactory_main()
     return 0
-
-
-def override_value(value: Any) -> str:
-    """One value as LLaMA-Factory reads it from `key=value` (YAML): true/false, null, JSON lists and mappings."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    return json.dumps(value) if isinstance(value, list | dict) else str(value)
-
-
-def override_args(*layers: dict[str, Any]) -> list[str]:
-    """Merge mappings (later wins) into `key=value` overrides for `qalign train`, each key once."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged.update(layer)
-    return [f"{key}={override_value(value)}" for key, value in merged.items()]
-
-
-def run_in_subprocess(args: list[str], log: Path, header: str = "") -> int:
-    """Run `qalign ARGS` in a fresh process (LLaMA-Factory state does not leak between runs), output to LOG."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w", encoding="utf-8") as handle:
-        if header:
-            handle.write(header + "\n")
-            handle.flush()
-        return subprocess.run([sys.executable, "-m", "qalign.cli", *args], stdout=handle,
-                              stderr=subprocess.STDOUT, check=False).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,9 @@
 """The one place qalign patches LLaMA-Factory 0.9.5: `register_all()` adds the `grpo` stage wherever stages live.
 
 Each patch is applied when its module is imported (or at once if it already is), so `qalign train` does not pay
-for importing the web UI. Patch points:
+for importing the web UI. `llamafactory.__version__` must be the tested one (TESTED_LLAMAFACTORY; with
+QALIGN_ALLOW_UNTESTED_LLAMAFACTORY=1 only a warning), and a patch whose target is missing raises PatchError
+naming it. Patch points:
 
 1. `hparams.finetuning_args`: `FinetuningArguments.stage`'s Literal gains "grpo" (argparse choices for `--stage`).
 2. `train.tuner._training_function`: wrapped; stage grpo -> `qalign.grpo.train_grpo`, any other stage -> the
@@ -18,17 +20,63 @@ from __future__ import annotations
 
 import functools
 import importlib.abc
+import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Literal, get_args, get_type_hints
 
+from qalign.errors import QalignError
+
+TESTED_LLAMAFACTORY = "0.9.5"
+ALLOW_UNTESTED = "QALIGN_ALLOW_UNTESTED_LLAMAFACTORY"
 GRPO_STAGE = "grpo"
 GRPO_LABEL = "GRPO"
 WORKER = "-m qalign.worker"
 _PENDING: dict[str, list[Callable[[ModuleType], None]]] = {}
 _registered = False
+
+
+class PatchError(QalignError):
+    """LLaMA-Factory is not the version qalign patches, or a patch point is gone."""
+
+
+def _fix_hint() -> str:
+    return (f"qalign was tested with llamafactory=={TESTED_LLAMAFACTORY}: `pip install llamafactory=="
+            f"{TESTED_LLAMAFACTORY}`, or port qalign/register.py (QALIGN_NO_AUTOREGISTER=1 keeps plain "
+            "llamafactory-cli free of qalign meanwhile).")
+
+
+def _check_version(module: ModuleType) -> None:
+    version = getattr(module, "__version__", None)
+    if version == TESTED_LLAMAFACTORY:
+        return
+    message = (f"qalign/register.py patches LLaMA-Factory {TESTED_LLAMAFACTORY}, but llamafactory {version} is "
+               f"installed ({getattr(module, '__file__', '?')}). {_fix_hint()} "
+               f"Set {ALLOW_UNTESTED}=1 to try it anyway.")
+    if os.environ.get(ALLOW_UNTESTED, "").strip().lower() in ("1", "true", "yes", "on"):
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return
+    raise PatchError(message)
+
+
+def _require(module: ModuleType, *path: str) -> Any:
+    """module.a.b...: the patch target, or a PatchError naming what is missing."""
+    target: Any = module
+    for depth, name in enumerate(path):
+        if not hasattr(target, name):
+            where = ".".join([module.__name__, *path[:depth + 1]])
+            raise PatchError(f"qalign/register.py: patch point `{where}` is missing in llamafactory "
+                             f"{_installed_version()}. {_fix_hint()}")
+        target = getattr(target, name)
+    return target
+
+
+def _installed_version() -> str:
+    module = sys.modules.get("llamafactory")
+    return str(getattr(module, "__version__", "?"))
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
@@ -38,7 +86,8 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         if fullname not in _PENDING:
             return None
         for finder in sys.meta_path:
-            spec = None if finder is self else getattr(finder, "find_spec", lambda *a: None)(fullname, path, target)
+            spec = (None if isinstance(finder, _PatchOnImport)
+                    else getattr(finder, "find_spec", lambda *a: None)(fullname, path, target))
             if spec is not None and spec.loader is not None:
                 break
         else:
@@ -52,6 +101,14 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
         spec.loader.exec_module = exec_and_patch
         return spec
+
+
+def patched_spec(fullname: str, path: Any = None, target: Any = None) -> Any:
+    """The spec of module `fullname` with its pending patches applied after it loads (None if not found).
+
+    For a finder that is itself inside an import of `fullname` (the start-up hook): a finder inserted now is not
+    consulted by that import any more."""
+    return _PatchOnImport().find_spec(fullname, path, target)
 
 
 def _when_imported(name: str, patch: Callable[[ModuleType], None]) -> None:
@@ -69,6 +126,7 @@ def register_all() -> None:
     if _registered:
         return
     _registered = True
+    _when_imported("llamafactory", _check_version)
     _when_imported("llamafactory.hparams.finetuning_args", _patch_stage_literal)
     _when_imported("llamafactory.train.tuner", _patch_tuner)
     _when_imported("llamafactory.extras.constants", _patch_stage_list)
@@ -78,7 +136,11 @@ def register_all() -> None:
 
 
 def _patch_stage_literal(module: ModuleType) -> None:
-    cls = module.FinetuningArguments
+    cls = _require(module, "FinetuningArguments")
+    _require(cls, "__dataclass_fields__")
+    if "stage" not in cls.__dataclass_fields__:
+        raise PatchError(f"qalign/register.py: `FinetuningArguments.stage` is missing in llamafactory "
+                         f"{_installed_version()}. {_fix_hint()}")
     stages = get_args(get_type_hints(cls)["stage"])
     if GRPO_STAGE not in stages:
         literal = Literal[(*stages, GRPO_STAGE)]
@@ -87,7 +149,7 @@ def _patch_stage_literal(module: ModuleType) -> None:
 
 
 def _patch_tuner(module: ModuleType) -> None:
-    original = module._training_function
+    original = _require(module, "_training_function")
     if getattr(original, "_qalign", False):
         return
 
@@ -109,11 +171,15 @@ def _patch_tuner(module: ModuleType) -> None:
 
 
 def _patch_stage_list(module: ModuleType) -> None:
-    module.TRAINING_STAGES.setdefault(GRPO_LABEL, GRPO_STAGE)
+    _require(module, "TRAINING_STAGES").setdefault(GRPO_LABEL, GRPO_STAGE)
 
 
 def _patch_launcher(module: ModuleType) -> None:
     # launch() formats `file_name=__file__` (a module global) into the torchrun command when it runs.
+    launch = _require(module, "launch")
+    if "__file__" not in launch.__code__.co_names:
+        raise PatchError(f"qalign/register.py: `llamafactory.launcher.launch` no longer hands `__file__` to torchrun "
+                         f"in llamafactory {_installed_version()}. {_fix_hint()}")
     module.__file__ = WORKER
 
 
@@ -138,11 +204,12 @@ def _grpo_webui_args(manager: Any, data: dict[Any, Any]) -> dict[str, Any]:
 
 
 def _patch_runner(module: ModuleType) -> None:
-    runner_cls = module.Runner
+    runner_cls = _require(module, "Runner")
     if getattr(runner_cls, "_qalign", False):
         return
-    parse_train_args = runner_cls._parse_train_args
-    gen_cmd = module.gen_cmd
+    parse_train_args = _require(module, "Runner", "_parse_train_args")
+    gen_cmd = _require(module, "gen_cmd")
+    _require(module, "Popen")
 
     def _parse_train_args(self: Any, data: dict[Any, Any]) -> dict[str, Any]:
         args = parse_train_args(self, data)
@@ -159,26 +226,31 @@ def _patch_runner(module: ModuleType) -> None:
 def _grpo_components() -> dict[str, Any]:
     import gradio as gr
 
+    from qalign.grpo.args import GRPO_DEFAULTS as default
     from qalign.grpo.args import LOSS_TYPES
     from qalign.grpo.rewards import DEFAULT_REWARDS, REWARD_FUNCS
 
     # render=False: created before the Train tab so its buttons take them as inputs; rendered after it.
+    # Defaults are the stage's own (qalign.grpo.args.GRPO_DEFAULTS: TRL's GRPOConfig + QALIGN_DEFAULTS).
     return {
-        "grpo_num_generations": gr.Slider(2, 64, value=4, step=1, label="num_generations", render=False,
+        "grpo_num_generations": gr.Slider(2, 64, value=default["num_generations"], step=1, label="num_generations",
+                                          render=False,
                                           info="completions per prompt; batch size x grad accum must divide by it"),
-        "grpo_beta": gr.Slider(0, 1, value=0.0, step=0.001, label="beta", render=False,
+        "grpo_beta": gr.Slider(0, 1, value=default["beta"], step=0.001, label="beta", render=False,
                                info="KL coefficient; 0 loads no reference model"),
-        "grpo_temperature": gr.Slider(0.05, 2, value=1.0, step=0.05, label="temperature", render=False),
-        "grpo_max_completion_length": gr.Slider(1, 4096, value=64, step=1, label="max_completion_length",
-                                                render=False),
+        "grpo_temperature": gr.Slider(0.05, 2, value=default["temperature"], step=0.05, label="temperature",
+                                      render=False),
+        "grpo_max_completion_length": gr.Slider(1, 4096, value=default["max_completion_length"], step=1,
+                                                label="max_completion_length", render=False),
         "grpo_reward_funcs": gr.Dropdown(choices=list(REWARD_FUNCS), value=list(DEFAULT_REWARDS), multiselect=True,
                                          label="reward_funcs", render=False),
-        "grpo_loss_type": gr.Dropdown(choices=list(LOSS_TYPES), value="dapo", label="loss_type", render=False),
+        "grpo_loss_type": gr.Dropdown(choices=list(LOSS_TYPES), value=default["loss_type"], label="loss_type",
+                                      render=False),
     }
 
 
 def _patch_train_tab(module: ModuleType) -> None:
-    original = module.create_train_tab
+    original = _require(module, "create_train_tab")
     if getattr(original, "_qalign", False):
         return
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qalign.cli import override_args
 from qalign.errors import QalignError
 from qalign.io import atomic_write_text, read_yaml_mapping
+from qalign.overrides import override_args
 
 TABLE_FILE = "sweep.md"
 _REQUIRED = ("base", "predict", "output_dir", "prompts", "num_generations", "beta")
@@ -95,7 +95,7 @@ def load_grid(path: str | Path) -> tuple[list[Run], dict[str, Any]]:
 
 def _qalign(args: list[str], log: Path) -> None:
     """Run `qalign ARGS` in a subprocess (a fresh process per training run), output to LOG; raise on failure."""
-    from qalign.cli import run_in_subprocess
+    from qalign.procs import run_in_subprocess
 
     code = run_in_subprocess(args, log)
     if code != 0:
@@ -105,7 +105,7 @@ def _qalign(args: list[str], log: Path) -> None:
 
 def run_steps(run: Run, shared: dict[str, Any], common: list[str], grpo_only: list[str], force: bool) -> None:
     """Train, predict and score one run, skipping every step whose output already exists (unless force)."""
-    from qalign.cli import main as qalign_main
+    from qalign.evaluators.scoring import evaluate
 
     train, predict, evaluation = run.folder("train"), run.folder("predict"), run.folder("eval")
     if force or not (train / "train_results.json").is_file():
@@ -116,10 +116,7 @@ def run_steps(run: Run, shared: dict[str, Any], common: list[str], grpo_only: li
     if force or not predictions.is_file():
         _qalign(["predict", shared["predict"], f"adapter_name_or_path={train}", f"eval_dataset={run.eval_set}",
                  f"output_dir={predict}", *run.predict_args, *common], run.root / run.name / "predict.log")
-    code = qalign_main(["eval", "--predictions", str(predictions), "--gold", f"data/{run.eval_set}.json",
-                        "--output", str(evaluation)])
-    if code:
-        raise QalignError(f"`qalign eval` failed for {run.name} (exit {code}).")
+    evaluate(predictions, Path("data") / f"{run.eval_set}.json", evaluation)  # QalignError names the file
 
 
 def _reward_trend(train_dir: Path) -> str:

@@ -25,6 +25,7 @@ def tiny_qwen3(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def shared_data() -> Path:
+    """The real NQ files (../shared/data, beside the repository): the one place tests look for them."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real NQ data not found at {SHARED_DATA} (it sits beside the repo on dev machines and in CI)")
     return SHARED_DATA

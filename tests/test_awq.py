@@ -256,7 +256,7 @@ def test_patched_awq_backward_gives_the_input_gradient(monkeypatch: pytest.Monke
     from awq.utils.packing_utils import dequantize_gemm
     from torch import nn
 
-    from qalign.awq.backward import patch_awq_backward
+    from bench.awq_backward import patch_awq_backward
 
     monkeypatch.setattr(gemm, "TRITON_AVAILABLE", False)
     monkeypatch.setattr(gemm, "awq_ext", None)
@@ -286,7 +286,7 @@ def test_patched_awq_backward_gives_the_input_gradient(monkeypatch: pytest.Monke
 
 def test_backward_patch_module_imports_no_autoawq() -> None:
     """So an import hook on awq.modules.linear.gemm can apply it while AutoAWQ is still importing."""
-    code = "import sys, qalign.awq.backward; assert not any(m.startswith('awq') for m in sys.modules)"
+    code = "import sys, bench.awq_backward; assert not any(m.startswith('awq') for m in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
@@ -299,7 +299,7 @@ def test_random_awq_checkpoint_has_transformers_awq_layout(tmp_path: Path) -> No
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, AwqConfig
     from transformers.integrations.awq import replace_with_awq_linear
 
-    from qalign.awq.synthetic import pack_int4, write_random_awq_checkpoint
+    from bench.awq_synthetic import pack_int4, write_random_awq_checkpoint
 
     shape = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 3, "num_attention_heads": 4,
              "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 1000}
@@ -343,11 +343,12 @@ def test_bench_dry_run_plans_every_stage() -> None:
     assert _bench("--dry-run", "--stages", "sft,nope").returncode == 2
 
 
+@pytest.mark.slow
 def test_bench_stage_runs_on_cpu_with_a_plain_tiny_model(tmp_path: Path) -> None:
     """The bench child: recipe + overrides through run_exp, with its measurements (no AWQ, fp16 or Liger on CPU)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from qalign.awq.synthetic import word_level_tokenizer, write_bench_datasets
+    from bench.awq_synthetic import word_level_tokenizer, write_bench_datasets
 
     model_dir = tmp_path / "qwen3-8b-awq-random"
     tokenizer = word_level_tokenizer(1200)

@@ -14,9 +14,9 @@ from qalign.converters.cli import add_convert_parser
 from qalign.converters.eval_set import convert_eval
 from qalign.converters.job import ConvertJob
 from qalign.converters.prompts import available_prompts, load_prompt, render_prompt, resolve_prompt
-from qalign.converters.records import QARecord, load_records, stable_id
 from qalign.converters.registry import overlapping_questions, read_dataset_info, register_dataset
 from qalign.errors import QalignError
+from qalign.records import QARecord, load_records, stable_id
 
 
 def dpr(question: str, answers: list[str] | str, n_ctx: int = 3, **extra) -> dict:

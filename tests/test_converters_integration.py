@@ -11,18 +11,14 @@ import pytest
 from qalign.converters.alpaca import convert_alpaca
 from qalign.converters.eval_set import convert_eval
 from qalign.converters.job import ConvertJob
-from qalign.converters.records import load_records
-from qalign.converters.sample import DEV, SAMPLE_DIR, TRAIN, build_records, has_answer, write_sample
 from qalign.evaluators.metrics import normalize_answer
+from qalign.records import load_records
+from scripts.make_sample import DEV, SAMPLE_DIR, TRAIN, build_records, has_answer, write_sample
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_DEV = SHARED_DATA / "nq-open-top5.dev.jsonl.gz"
 
-
-def test_real_nq_top5_dev(tmp_path: Path) -> None:
-    if not REAL_DEV.exists():
-        pytest.skip(f"real NQ data not found at {REAL_DEV} (CI provides ../shared/data)")
-    result = convert_eval(ConvertJob(str(REAL_DEV), "nq-top5-dev", dataset_dir=tmp_path))
+def test_real_nq_top5_dev(shared_data: Path, tmp_path: Path) -> None:
+    real_dev = shared_data / "nq-open-top5.dev.jsonl.gz"
+    result = convert_eval(ConvertJob(str(real_dev), "nq-top5-dev", dataset_dir=tmp_path))
     rows = json.loads(result.path.read_text(encoding="utf-8"))
     assert len(rows) == result.rows == 300
     assert result.stats.duplicates == 0 and result.stats.skipped_no_answer == 0

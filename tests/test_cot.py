@@ -10,9 +10,9 @@ import pytest
 from qalign.cli import main
 from qalign.converters.cot import COT_PROMPT, convert_cot, format_cot, read_teacher, split_output
 from qalign.converters.job import ConvertJob
-from qalign.converters.records import stable_id
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import score_all
+from qalign.records import stable_id
 
 RAW = [
     {"id": "q-paris", "question": "What is the capital of France?", "answers": ["Paris"],

@@ -43,7 +43,7 @@ def _skip_reason() -> str | None:
 
 
 SKIP_REASON = _skip_reason()
-pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
+pytestmark = [pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""), pytest.mark.slow]  # a browser
 
 
 def _free_port() -> int:

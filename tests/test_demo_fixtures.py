@@ -7,7 +7,7 @@ from pathlib import Path
 
 from qalign.converters.eval_set import build_eval_rows
 from qalign.converters.prompts import load_prompt
-from qalign.converters.records import QARecord
+from qalign.records import QARecord
 
 TEMPLATE = "qwen3_nothink"
 

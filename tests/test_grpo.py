@@ -172,6 +172,7 @@ def test_training_args_map_into_grpo_config(tiny_qwen3: Path, tmp_path: Path) ->
 # ---------------------------------------------------------------- end to end through `qalign train`
 
 
+@pytest.mark.slow
 def test_grpo_trains_through_qalign_train(tiny_qwen3: Path, tmp_path: Path) -> None:
     _write_dataset(tmp_path)
     result = _run([*QALIGN, "train", RECIPE, *_tiny(tiny_qwen3, "out/grpo"), "max_steps=3", "num_generations=4",
@@ -208,6 +209,7 @@ def test_launcher_command_names_the_qalign_worker(monkeypatch) -> None:
     assert seen[0][0] == "torchrun" and seen[0][-4:] == ["-m", "qalign.worker", "grpo.yaml", "max_steps=1"]
 
 
+@pytest.mark.slow
 def test_force_torchrun_reaches_grpo_in_every_worker(tiny_qwen3: Path, tmp_path: Path) -> None:
     _write_dataset(tmp_path)
     env = {**os.environ, "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2",
@@ -258,8 +260,15 @@ def test_webui_lists_grpo_and_its_arguments(webui) -> None:
     for name in ("num_generations", "beta", "temperature", "max_completion_length", "reward_funcs"):
         assert engine.manager.get_elem_by_id(f"train.grpo_{name}")._id in demo.blocks  # rendered in the Train tab
     assert runner.Popen.__module__ == "qalign.register"
+    # one set of defaults: the web UI starts from the stage's own (TRL's GRPOConfig + qalign's)
+    from qalign.grpo.args import GRPO_DEFAULTS
+
+    for name in ("num_generations", "beta", "temperature", "max_completion_length", "loss_type"):
+        assert engine.manager.get_elem_by_id(f"train.grpo_{name}").value == GRPO_DEFAULTS[name], name
+    assert GRPO_DEFAULTS["num_generations"] == parse_grpo_args({}).num_generations == 8
 
 
+@pytest.mark.slow
 def test_webui_run_trains_grpo_with_qalign_train(webui, tiny_qwen3: Path, monkeypatch) -> None:
     from llamafactory.webui.locales import ALERTS
 

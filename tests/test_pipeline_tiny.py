@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # SFT, predict and eval in subprocesses (~1.5 min on 2 cores)
 
 QALIGN = [sys.executable, "-m", "qalign.cli"]
 

@@ -15,6 +15,8 @@ from qalign.cli import main as qalign_main
 from tests.conftest import REPO
 from tests.test_preference import CAPITALS, write_cache, write_raw
 
+pytestmark = pytest.mark.slow  # four training runs (~2 min on 2 cores)
+
 RECIPES = REPO / "recipes" / "smollm2-135m"
 WRONG = ["Oslo", "the capital is Bern", "Madrid", "no idea"]
 

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # the whole study, twice (~2-3 min on 2 cores)
 
 QALIGN = [sys.executable, "-m", "qalign.cli"]
 RECIPES = REPO / "recipes" / "smollm2-135m"

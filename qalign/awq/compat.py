@@ -9,7 +9,7 @@
 2. The checkpoint format qalign produces and trains on (Qwen3-8B-AWQ's): GEMM, 4-bit, group 128, zero point.
 3. Checks a training run can make: AWQ layers in train mode (in eval mode they run under `no_grad`, so the LoRA
    layers below them get no gradient) and how many LoRA B matrices left their zero initialisation.
-The opt-in training patch of AutoAWQ's backward lives in `qalign.awq.backward` (it must not import AutoAWQ).
+The opt-in training patch of AutoAWQ's backward is bench-only: `bench/awq_backward.py` (it must not import AutoAWQ).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def load_calibration(path: Path, *, limit: int, top_k: int = 5, prompt: str = "a
             calibration.pairs.append((text, answer if isinstance(answer, str) else ""))
         return calibration
     from qalign.converters.prompts import load_prompt, render_prompt
-    from qalign.converters.records import load_records
+    from qalign.records import load_records
 
     template = load_prompt(prompt)
     records, stats = load_records(str(path), limit=limit)

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from qalign.converters.job import ConvertJob
 from qalign.converters.prompts import render_prompt
-from qalign.converters.records import QARecord
 from qalign.converters.registry import ConversionResult
+from qalign.records import QARecord
 
 AnswerPolicy = Literal["first", "shortest"]
 ANSWER_POLICIES = ("first", "shortest")

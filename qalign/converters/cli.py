@@ -51,7 +51,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, passages: bool = Tr
         parser.add_argument("--top-k", type=_count, default=5, metavar="K",
                             help="passages per prompt, taken from the start of ctxs (default: 5; 0 = closed book)")
         parser.add_argument("--prompt", default="answer_only", metavar="NAME_OR_FILE",
-                            help="template name in recipes/prompts/ (answer_only, think_then_answer, closed_book) "
+                            help="bundled template name (qalign/prompts/: answer_only, think_then_answer, closed_book) "
                                  "or a .txt file with {question} and {passages} (default: answer_only)")
     parser.add_argument("--limit", type=_count, default=None, metavar="N",
                         help="stop after N usable records (after de-duplication)")

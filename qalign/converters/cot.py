@@ -18,11 +18,11 @@ from typing import Any
 
 from qalign.converters.job import ConvertJob
 from qalign.converters.prompts import render_prompt
-from qalign.converters.records import question_key
 from qalign.converters.registry import ConversionResult
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import f1_score, strip_think
 from qalign.io import iter_json_records
+from qalign.records import question_key
 
 DEFAULT_MIN_F1 = 0.9
 COT_PROMPT = "think_then_answer"

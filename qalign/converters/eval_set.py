@@ -6,8 +6,8 @@ from typing import Any
 
 from qalign.converters.job import ConvertJob
 from qalign.converters.prompts import render_prompt
-from qalign.converters.records import QARecord
 from qalign.converters.registry import EVAL_KIND, ConversionResult
+from qalign.records import QARecord
 
 
 def build_eval_rows(records: list[QARecord], template: str, top_k: int) -> list[dict[str, Any]]:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from qalign.converters.prompts import load_prompt, prompt_name
-from qalign.converters.records import LoadStats, QARecord, load_records
 from qalign.converters.registry import ConversionResult, alpaca_entry, validate_name, write_dataset
+from qalign.records import LoadStats, QARecord, load_records
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Prompt templates (`recipes/prompts/*.txt`) and rendering a QA record into an instruction.
+"""Prompt templates (`qalign/prompts/*.txt`, package data) and rendering a QA record into an instruction.
 
 A template is plain text with two placeholders, `{question}` and `{passages}`. They are filled in one pass
 (no `str.format`), so braces inside questions or passages are kept literally. Templates put the question
@@ -13,24 +13,25 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 
-import qalign
-from qalign.converters.records import QARecord
 from qalign.errors import QalignError
+from qalign.records import QARecord
 
-PROMPTS_DIR = Path(qalign.__file__).resolve().parents[1] / "recipes" / "prompts"
+# Installed with the package (pyproject package-data), read through importlib.resources: a wheel install has them.
+PROMPTS_DIR = Path(str(files("qalign") / "prompts")).resolve()
 CLOSED_BOOK = "closed_book"
 _PLACEHOLDER = re.compile(r"\{(question|passages)\}")
 
 
 def available_prompts() -> list[str]:
-    """Names of the prompt templates shipped in `recipes/prompts/`."""
+    """Names of the prompt templates shipped with the package (`qalign/prompts/`)."""
     return sorted(path.stem for path in PROMPTS_DIR.glob("*.txt"))
 
 
 def resolve_prompt(name_or_path: str | Path) -> Path:
-    """A template file path, or a bare name looked up as `recipes/prompts/<name>.txt`."""
+    """A template file path, or a bare name looked up as the bundled `qalign/prompts/<name>.txt`."""
     candidate = Path(name_or_path)
     if candidate.is_file():
         return candidate

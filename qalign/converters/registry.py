@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from qalign.converters.records import LoadStats, question_key
 from qalign.errors import QalignError
 from qalign.io import atomic_write_json, atomic_write_text, iter_json_records
+from qalign.records import LoadStats, question_key
 
 DATASET_INFO = "dataset_info.json"
 EVAL_KIND = "eval"  # every other kind (sft, preference, kto, grpo, cot) is a training kind

@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from qalign.converters.job import ConvertJob
 from qalign.converters.prompts import render_prompt
-from qalign.converters.records import LoadStats
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import f1_score, score_all, substring_exact_match
+from qalign.records import LoadStats
 
 Strategy = Literal["subem", "f1"]
 CACHE_FORMAT = 1

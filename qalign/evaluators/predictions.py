@@ -9,6 +9,7 @@ from typing import Any
 
 from qalign.errors import QalignError
 from qalign.io import iter_json_records
+from qalign.records import load_records
 
 _PREDICTION_KEYS = ("prediction", "predict")
 _MAX_LISTED = 5
@@ -82,9 +83,6 @@ def _load_eval_set(path: Path) -> list[GoldRecord]:
 
 
 def _load_raw(source: str) -> list[GoldRecord]:
-    # Imported here: the converters import our metrics, and reading raw files is the only thing we need of them.
-    from qalign.converters.records import load_records
-
     records, _ = load_records(source)
     ids: set[str] = set()
     for record in records:
@@ -97,7 +95,7 @@ def _load_raw(source: str) -> list[GoldRecord]:
 def load_gold(path: str | os.PathLike) -> list[GoldRecord]:
     """Read gold questions from a converted eval set (rows kept as they are) or a raw QA file.
 
-    Raw files are read exactly as the converters read them (`qalign.converters.records.load_records`): records
+    Raw files are read exactly as the converters read them (`qalign.records.load_records`): records
     without answers are skipped, duplicate normalized questions keep the first, a missing id becomes
     `nq-` + sha1(normalized question)[:12].
     """

@@ -9,8 +9,8 @@ same names are for predict/chat and keep their defaults).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import field
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from qalign.grpo.rewards import DEFAULT_REWARDS, REWARD_FUNCS
 
@@ -22,54 +22,48 @@ if TYPE_CHECKING:
 LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
 
+# The TRL 0.24 GRPOConfig fields a recipe may set under `stage: grpo` (names, types, defaults and help come from TRL).
+TRL_FIELDS = (
+    "num_generations", "beta", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_completion_length",
+    "max_prompt_length", "reward_weights", "loss_type", "scale_rewards", "epsilon", "epsilon_high", "delta",
+    "num_iterations", "importance_sampling_level", "mask_truncated_completions", "top_entropy_quantile",
+    "steps_per_generation", "generation_batch_size", "disable_dropout", "sync_ref_model", "ref_model_mixup_alpha",
+    "ref_model_sync_steps", "shuffle_dataset", "log_completions", "num_completions_to_print", "cache_implementation",
+)
+# Not offered: TRL's `use_transformers_paged` rollout crashes on the pinned transformers 4.56.2 (IndexError in
+# generate_batch, SmolLM2 and 8B AWQ alike; bench/RESULTS.md, 2026-12-01), and vLLM cannot live in the stack.
+# Where qalign's default differs from TRL's, and why (everything else is TRL's default).
+QALIGN_DEFAULTS: dict[str, Any] = {
+    "max_completion_length": 64,  # retrieval QA answers are a few words (TRL: 256)
+    "max_prompt_length": None,  # None: LLaMA-Factory's cutoff_len (TRL: 512, which would cut retrieved passages)
+    "shuffle_dataset": None,  # None: not LLaMA-Factory's disable_shuffling (TRL: True)
+}
+# Types qalign reads differently: reward weights also as a comma string (`reward_weights: 1,0.5`).
+QALIGN_TYPES: dict[str, Any] = {"reward_weights": str | None}
+REWARD_FUNCS_HELP = f"Reward names, list or comma string, of: {', '.join(REWARD_FUNCS)} (qalign's; default: " \
+                    f"{', '.join(DEFAULT_REWARDS)})."
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+
+def _trl_fields() -> list[tuple[str, Any, Any]]:
+    """(name, type, dataclass field) of every TRL_FIELDS entry, read from TRL's GRPOConfig."""
+    from trl import GRPOConfig
+
+    hints = get_type_hints(GRPOConfig)
+    fields = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    missing = [name for name in TRL_FIELDS if name not in fields]
+    if missing:
+        raise ImportError(f"qalign/grpo/args.py: TRL's GRPOConfig has no field(s) {missing}; qalign was tested with "
+                          "trl==0.24.0 (pip install trl==0.24.0), or update TRL_FIELDS.")
+    out = [("reward_funcs", str | None, field(default=None, metadata={"help": REWARD_FUNCS_HELP}))]
+    for name in TRL_FIELDS:
+        default = QALIGN_DEFAULTS.get(name, fields[name].default)
+        out.append((name, QALIGN_TYPES.get(name, hints[name]),
+                    field(default=default, metadata={"help": fields[name].metadata.get("help", "")})))
+    return out
 
 
-@dataclass
-class GRPOArguments:
-    r"""Arguments of the `grpo` stage (TRL 0.24 GRPOConfig names and meanings)."""
-
-    num_generations: int = field(default=8, metadata=_help("Completions sampled per prompt (the GRPO group, >= 2)."))
-    beta: float = field(default=0.0, metadata=_help("KL coefficient; 0 loads no reference model."))
-    temperature: float = field(default=1.0, metadata=_help("Sampling temperature of the completions."))
-    top_p: float = field(default=1.0, metadata=_help("Nucleus sampling probability, in (0, 1]."))
-    top_k: int | None = field(default=None, metadata=_help("Top-k sampling (None: off)."))
-    min_p: float | None = field(default=None, metadata=_help("Min-p sampling (None: off)."))
-    repetition_penalty: float = field(default=1.0, metadata=_help("Repetition penalty while sampling."))
-    max_completion_length: int = field(default=64, metadata=_help("Max new tokens per completion."))
-    max_prompt_length: int | None = field(
-        default=None, metadata=_help("Prompt token limit (None: LLaMA-Factory's cutoff_len already applies).")
-    )
-    reward_funcs: str | None = field(
-        default=None, metadata=_help(f"Reward names, list or comma string, of: {', '.join(REWARD_FUNCS)}.")
-    )
-    reward_weights: str | None = field(default=None, metadata=_help("One weight per reward (list or comma string)."))
-    loss_type: str = field(default="dapo", metadata=_help(f"One of {', '.join(LOSS_TYPES)}."))
-    scale_rewards: str = field(default="group", metadata=_help("Advantage scaling: group, batch or none."))
-    epsilon: float = field(default=0.2, metadata=_help("Lower clipping epsilon."))
-    epsilon_high: float | None = field(default=None, metadata=_help("Upper clipping epsilon (DAPO: 0.28)."))
-    delta: float | None = field(default=None, metadata=_help("Two-sided clipping bound (INTELLECT-2)."))
-    num_iterations: int = field(default=1, metadata=_help("Optimisation passes per generated batch (mu)."))
-    importance_sampling_level: str = field(default="token", metadata=_help("token or sequence (GSPO)."))
-    mask_truncated_completions: bool = field(default=False, metadata=_help("Drop truncated completions from loss."))
-    top_entropy_quantile: float = field(default=1.0, metadata=_help("Keep the top-rho entropy tokens in the loss."))
-    steps_per_generation: int | None = field(default=None, metadata=_help("Steps per generation (None: grad acc)."))
-    generation_batch_size: int | None = field(default=None, metadata=_help("Completions per generation round."))
-    use_transformers_paged: bool = field(
-        default=False, metadata=_help("Roll out with transformers' paged continuous batching (generate_batch).")
-    )
-    cache_implementation: str | None = field(
-        default=None, metadata=_help("KV cache of the rollout `generate` (None: dynamic; e.g. static).")
-    )
-    disable_dropout: bool = field(default=False, metadata=_help("Disable dropout in the policy."))
-    sync_ref_model: bool = field(default=False, metadata=_help("TR-DPO style reference model sync."))
-    ref_model_mixup_alpha: float = field(default=0.6, metadata=_help("Reference sync mix-up alpha."))
-    ref_model_sync_steps: int = field(default=512, metadata=_help("Reference sync period in steps."))
-    shuffle_dataset: bool | None = field(default=None, metadata=_help("None: not disable_shuffling."))
-    log_completions: bool = field(default=False, metadata=_help("Print sample completions at each log."))
-    num_completions_to_print: int | None = field(default=None, metadata=_help("How many to print."))
+class _GRPOArgumentsMethods:
+    """Validation and the TRL mapping of `GRPOArguments` (its fields are built from TRL's GRPOConfig)."""
 
     def __post_init__(self) -> None:
         self.reward_funcs = _split(self.reward_funcs) or list(DEFAULT_REWARDS)
@@ -118,6 +112,13 @@ class GRPOArguments:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "reward_funcs"}
 
 
+GRPOArguments = dataclasses.make_dataclass("GRPOArguments", _trl_fields(), bases=(_GRPOArgumentsMethods,))
+GRPOArguments.__module__ = __name__  # make_dataclass's `module=` is Python 3.12+
+GRPOArguments.__doc__ = "Arguments of the `grpo` stage: TRL 0.24 GRPOConfig names, types, defaults (QALIGN_DEFAULTS " \
+                        "aside) and help, plus qalign's `reward_funcs`."
+GRPO_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(GRPOArguments)}
+
+
 def _split(value: Any) -> list[str] | None:
     if value is None:
         return None
@@ -126,7 +127,7 @@ def _split(value: Any) -> list[str] | None:
     return items or None
 
 
-def _number(args: GRPOArguments, name: str, kind: type, low: float, high: float | None = None,
+def _number(args: Any, name: str, kind: type, low: float, high: float | None = None,
             strict: bool = False, why: str = "") -> Any:
     value = getattr(args, name)
     ok = isinstance(value, int | float) and not isinstance(value, bool) and (kind is float or float(value).is_integer())

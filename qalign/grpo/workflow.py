@@ -33,18 +33,16 @@ def train_grpo(config: dict[str, Any]) -> None:
     """The `stage: grpo` branch of LLaMA-Factory's `tuner._training_function`: parse, add its callbacks, train."""
     import torch.distributed as dist
     from llamafactory.hparams import get_train_args
-    from llamafactory.train.callbacks import LogCallback, ReporterCallback
-    from llamafactory.train.trainer_utils import get_swanlab_callback
+
+    from qalign.grpo.trainer import check_supported, stage_callbacks
 
     lf_args, grpo_raw = split_grpo_args(config.get("args"))
     grpo_args = parse_grpo_args(grpo_raw)  # cheap, so argument errors come before any loading
     model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(lf_args)
+    check_supported(finetuning_args)
     _logger().info(f"qalign GRPO stage: rank {training_args.process_index} of {training_args.world_size}")
-    callbacks = list(config.get("callbacks") or [])
-    callbacks.append(LogCallback())  # writes trainer_log.jsonl (LLaMA-Board progress, `reward` column)
-    if finetuning_args.use_swanlab:
-        callbacks.append(get_swanlab_callback(finetuning_args))
-    callbacks.append(ReporterCallback(model_args, data_args, finetuning_args, generating_args))
+    callbacks = stage_callbacks(model_args, data_args, training_args, finetuning_args, generating_args,
+                                config.get("callbacks"))
     run_grpo(model_args, data_args, training_args, finetuning_args, generating_args, callbacks, grpo_args)
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -64,9 +62,11 @@ def run_grpo(
     from llamafactory.extras.ploting import plot_loss
     from llamafactory.model import load_model, load_tokenizer
     from llamafactory.train.trainer_utils import create_modelcard_and_push
-    from trl import GRPOTrainer
+
+    from qalign.grpo.trainer import QalignGRPOTrainer, check_supported
 
     grpo_args = grpo_args or GRPOArguments()
+    check_supported(finetuning_args)
     _check_supported(data_args, training_args)
     config = build_grpo_config(training_args, data_args, finetuning_args, grpo_args)  # validates the batch shape
     config.include_num_input_tokens_seen = False  # TRL counts prompt + completion tokens itself
@@ -77,7 +77,8 @@ def run_grpo(
     train_dataset = build_prompt_dataset(template, model_args, data_args, training_args, tokenizer_module)
     model = load_model(tokenizer, model_args, finetuning_args, is_trainable=training_args.do_train)
 
-    trainer = GRPOTrainer(
+    trainer = QalignGRPOTrainer(
+        finetuning_args=finetuning_args,
         model=model,  # a PeftModel for LoRA: TRL then uses the adapter-disabled model as reference when beta > 0
         reward_funcs=get_reward_funcs(grpo_args.reward_funcs),
         args=config,

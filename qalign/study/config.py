@@ -14,6 +14,7 @@ from typing import Any
 import qalign
 from qalign.errors import QalignError
 from qalign.io import read_yaml_mapping
+from qalign.overrides import apply_dotlist
 
 METHODS = ("sft", "dpo", "orpo", "kto", "grpo", "cot")
 RECIPE_FILE = {"sft": "sft.yaml", "cot": "sft.yaml", "dpo": "dpo.yaml", "orpo": "orpo.yaml", "kto": "kto.yaml",
@@ -89,25 +90,6 @@ def _resolve(path: str) -> Path:
         return candidate
     in_repo = REPO_ROOT / candidate
     return in_repo if in_repo.exists() else candidate
-
-
-def set_dotted(spec: dict[str, Any], assignment: str) -> None:
-    """Apply `a.b.c=VALUE` (VALUE parsed as YAML) to the nested mapping `spec`."""
-    import yaml
-
-    key, sep, text = assignment.partition("=")
-    if not sep or not key:
-        raise QalignError(f"override {assignment!r}: expected KEY=VALUE, e.g. overrides.sft.max_steps=10.")
-    parts = key.split(".")
-    node = spec
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise QalignError(f"override {assignment!r}: `{part}` is not a mapping.")
-        node = child
-    node[parts[-1]] = yaml.safe_load(text) if text else None
 
 
 def _mapping(value: Any, key: str, where: str) -> dict[str, Any]:
@@ -202,9 +184,7 @@ def load_study(
     cot_teacher: str | None = None,
 ) -> StudyConfig:
     """Read study.yaml, apply `key=value` assignments, then the command-line flags (which win)."""
-    spec = read_yaml(path)
-    for assignment in assignments or []:
-        set_dotted(spec, assignment)
+    spec = apply_dotlist(read_yaml(path), assignments or [])
     for key, value in (("seeds", seeds), ("methods", methods), ("output", output), ("cot_teacher", cot_teacher)):
         if value:
             spec[key] = value

@@ -60,7 +60,7 @@ def _error_line(log: Path) -> str:
 
 
 def _execute(step: Step, log: Path) -> int:
-    from qalign.cli import run_in_subprocess
+    from qalign.procs import run_in_subprocess
 
     return run_in_subprocess(step.argv, log, header=f"$ {command_line(step)}")
 

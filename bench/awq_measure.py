@@ -17,7 +17,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 GIB = 2**30
-FAST_BACKWARD = "qalign_awq_fast_backward"  # override key (not LLaMA-Factory's): apply backward.patch_awq_backward
+# override key (not LLaMA-Factory's): apply bench.awq_backward.patch_awq_backward
+FAST_BACKWARD = "qalign_awq_fast_backward"
 
 
 def _cuda() -> Any:
@@ -129,7 +130,7 @@ def run_recipe(recipe: Path, overrides: dict[str, Any], result_path: Path) -> di
         args = load_recipe(recipe, overrides)
         output_dir, model_dir = Path(args["output_dir"]), args["model_name_or_path"]  # before run_exp consumes args
         if args.pop(FAST_BACKWARD, False):
-            from qalign.awq.backward import patch_awq_backward
+            from bench.awq_backward import patch_awq_backward
 
             patch_awq_backward()
         from llamafactory.train.tuner import run_exp

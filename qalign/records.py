@@ -13,8 +13,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from qalign.errors import QalignError
-from qalign.evaluators.metrics import normalize_answer
 from qalign.io import iter_json_records
+from qalign.text import normalize_answer
 
 # "owner/name" (no file extension needed): what a Hugging Face dataset id looks like.
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")

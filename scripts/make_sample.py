@@ -3,7 +3,7 @@
 Each fact below is an original, easily checked general-knowledge question (NQ style: lowercase, no '?') with
 its answer aliases and a short passage composed for it. Every record gets 3 passages: its own (the only one
 holding the answer) and 2 distractors taken from other facts of the same split. Regenerate with
-`python -m qalign.converters.sample`; the output is deterministic.
+`python scripts/make_sample.py`; the output is deterministic.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from qalign.evaluators.metrics import normalize_answer
 from qalign.io import atomic_write_jsonl
+from qalign.text import normalize_answer
 
 Fact = tuple[str, list[str], str, str]  # question, answer aliases, passage title, passage text
 
@@ -207,7 +207,7 @@ DEV: list[Fact] = [
      "Nitrogen makes up about 78 percent of Earth's atmosphere, and oxygen about 21 percent."),
 ]
 
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample"
 
 
 def has_answer(text: str, answers: list[str]) -> bool:

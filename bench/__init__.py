@@ -1,0 +1,1 @@
+"""Benchmarks and their helpers (synthetic AWQ checkpoints, in-process measurement); not part of the package."""

@@ -1,0 +1,92 @@
+"""The GRPO trainer and its callbacks, built from LLaMA-Factory's parts like its own stages' trainer.py.
+
+`QalignGRPOTrainer` is TRL's GRPOTrainer with LLaMA-Factory's `create_custom_optimizer` / `create_custom_scheduler`
+(as its DPO/KTO trainers use them), so LoRA+, GaLore, APOLLO, Adam-mini, Muon and the warmup-stable-decay schedule in
+a recipe take effect. `stage_callbacks` adds the callbacks LLaMA-Factory's `tuner._training_function` adds (log,
+PiSSA conversion, SwanLab, profilers, reporter). `check_supported` refuses what the stage cannot honour.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from trl import GRPOTrainer
+
+if TYPE_CHECKING:
+    import torch
+    from llamafactory.hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments, TrainerCallback
+
+# FinetuningArguments flag -> why the GRPO stage refuses it
+UNSUPPORTED: dict[str, str] = {
+    "use_badam": "BAdam needs LLaMA-Factory's BAdam callback and gradient clipping patch, which only its own "
+                 "trainers install; use LoRA, GaLore or APOLLO",
+    "use_dft_loss": "DFT is an SFT loss; GRPO's loss is set by `loss_type`",
+    "use_asft_loss": "ASFT is an SFT loss; GRPO's loss is set by `loss_type`",
+    "use_eaft_loss": "EAFT is an SFT loss; GRPO's loss is set by `loss_type`",
+    "use_mca": "mcore_adapter runs pt/sft/dpo only",
+    "use_hyper_parallel": "hyper_parallel runs sft only",
+    "early_stopping_steps": "early stopping watches an eval metric and the GRPO stage does not evaluate",
+}
+
+
+# What LLaMA-Factory 0.9.5's tuner appends to the callbacks of every stage: mirrored by `stage_callbacks`, except
+# EarlyStoppingCallback (refused above). tests/test_register.py compares this with the installed tuner's source.
+TUNER_CALLBACKS = ("LogCallback", "PissaConvertCallback", "get_swanlab_callback", "EarlyStoppingCallback",
+                   "TorchProfilerCallback", "ModuleProfilerCallback", "ReporterCallback")
+
+
+def check_supported(finetuning_args: FinetuningArguments) -> None:
+    """Raise for every option set in the recipe that the GRPO stage would otherwise ignore."""
+    refused = [f"`{name}` ({why})" for name, why in UNSUPPORTED.items() if getattr(finetuning_args, name, None)]
+    if refused:
+        raise ValueError("The GRPO stage cannot honour " + "; ".join(refused) + ". Remove it from the recipe "
+                         "(or the command line) to train with GRPO.")
+
+
+def stage_callbacks(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: Seq2SeqTrainingArguments,
+    finetuning_args: FinetuningArguments,
+    generating_args: GeneratingArguments,
+    callbacks: list[TrainerCallback] | None = None,
+) -> list[TrainerCallback]:
+    """`callbacks` + what LLaMA-Factory's tuner adds for every stage, in its order (the reporter last)."""
+    from llamafactory.train import callbacks as lf_callbacks
+    from llamafactory.train.trainer_utils import get_swanlab_callback
+
+    out = list(callbacks or [])
+    out.append(lf_callbacks.LogCallback())  # trainer_log.jsonl: LLaMA-Board's progress, the `reward` column
+    if finetuning_args.pissa_convert:
+        out.append(lf_callbacks.PissaConvertCallback())
+    if finetuning_args.use_swanlab:
+        out.append(get_swanlab_callback(finetuning_args))
+    if getattr(training_args, "enable_torch_profiler", False):
+        out.append(lf_callbacks.TorchProfilerCallback(training_args))
+    if getattr(training_args, "profile_modules", None):
+        out.append(lf_callbacks.ModuleProfilerCallback(training_args.profile_modules))
+    out.append(lf_callbacks.ReporterCallback(model_args, data_args, finetuning_args, generating_args))
+    return out
+
+
+class QalignGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer whose optimizer and scheduler come from LLaMA-Factory's recipe options."""
+
+    def __init__(self, finetuning_args: FinetuningArguments, **kwargs: Any) -> None:
+        self.finetuning_args = finetuning_args
+        super().__init__(**kwargs)
+
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        from llamafactory.train.trainer_utils import create_custom_optimizer
+
+        if self.optimizer is None:
+            self.optimizer = create_custom_optimizer(self.model, self.args, self.finetuning_args)
+        return super().create_optimizer(*args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int,
+                         optimizer: torch.optim.Optimizer | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+        from llamafactory.train.trainer_utils import create_custom_scheduler
+
+        create_custom_scheduler(self.args, num_training_steps, optimizer)
+        return super().create_scheduler(num_training_steps, optimizer)

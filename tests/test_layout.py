@@ -1,0 +1,37 @@
+"""The README's layout section and `make help` match the tree."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import REPO
+
+
+def _layout_block() -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Layout\n", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_readme_layout_names_every_folder_and_subpackage() -> None:
+    block = _layout_block()
+    generated = {"models", "outputs", "reports", "saves", "build"}  # git-ignored run outputs
+    folders = sorted(p.name for p in REPO.iterdir() if p.is_dir() and p.name not in generated
+                     and not p.name.startswith((".", "_")) and not p.name.endswith(".egg-info"))
+    missing = [name for name in folders if not re.search(rf"^{re.escape(name)}/", block, re.MULTILINE)]
+    assert not missing, f"README layout lacks top-level folder(s) {missing}"
+    subpackages = sorted(p.name for p in (REPO / "qalign").iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert not [name for name in subpackages if f"  {name}/" not in block], subpackages
+    modules = sorted(p.name for p in (REPO / "qalign").glob("*.py") if p.name != "__init__.py")
+    assert not [name for name in modules if name not in block], modules
+
+
+def test_make_help_lists_every_target() -> None:
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    phony = re.search(r"^\.PHONY:(.*)$", makefile, re.MULTILINE).group(1).split()
+    help_text = " ".join(re.findall(r'^\t@echo "(.*)"$', makefile.split("\nhelp:", 1)[1].split("\n\n", 1)[0],
+                                    re.MULTILINE))
+    internal = {"help", "grpo-data"}  # grpo-data is a prerequisite of grpo
+    missing = [target for target in phony if target not in internal and not re.search(
+        rf"(^|[\s|]){re.escape(target)}([\s|:;]|$)", help_text)]
+    assert not missing, f"make help does not list {missing}"
