@@ -192,7 +192,7 @@ def test_atomic_write_keeps_other_entries_and_leaves_no_temp(tmp_path: Path, sma
     assert info["mine"]["qalign"]["top_k"] == 1
     leftovers = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mine.json"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mine.json", "mine.json.qkeys"]
 
 
 def test_malformed_dataset_info_is_reported(tmp_path: Path, small: Path) -> None:
