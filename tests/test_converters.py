@@ -172,7 +172,7 @@ def test_missing_file_and_non_utf8(tmp_path: Path) -> None:
         load_records(str(tmp_path / "missing.jsonl"))
     latin = tmp_path / "latin1.jsonl"
     latin.write_bytes('{"question": "caf\u00e9", "answers": ["x"]}\n'.encode("latin-1"))
-    with pytest.raises(QalignError, match=r"latin1.jsonl: not valid UTF-8.*iconv"):
+    with pytest.raises(QalignError, match=r"latin1.jsonl:1: not valid UTF-8.*iconv"):
         load_records(str(latin))
 
 
