@@ -8,6 +8,7 @@ integers over Python's digit limit, lone UTF-16 surrogate escapes. A UTF-8 byte-
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import json
 import os
@@ -146,6 +147,14 @@ def _iter_json(path: Path, handle: Any, state: dict[str, int]) -> Iterator[tuple
         yield index, _check_object(obj, where, escapes)
 
 
+def _did_you_mean(path: Path) -> str:
+    try:
+        near = sorted(p for p in path.parent.glob(f"{glob.escape(path.name)}*") if p.is_file())[:3]
+    except OSError:
+        return ""
+    return f" Did you mean {' or '.join(str(p) for p in near)}?" if near else ""
+
+
 def _read_problem(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "the compressed data ends early (a truncated download or an interrupted write)"
@@ -162,7 +171,8 @@ def iter_json_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, 
     """
     path = Path(path)
     if not path.exists():
-        raise QalignError(f"{path}: file not found. Check the path (relative paths are read from {Path.cwd()}).")
+        raise QalignError(f"{path}: file not found.{_did_you_mean(path)} Check the path (relative paths are read "
+                          f"from {Path.cwd()}).")
     if path.is_dir():
         raise QalignError(f"{path}: is a folder. Pass a .json/.jsonl(.gz) file.")
     state = {"line": 0}

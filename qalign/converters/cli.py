@@ -79,6 +79,8 @@ def _execute(run: Callable[[argparse.Namespace], ConversionResult]) -> Callable[
         result = run(args)
         if result.stats.skipped_locations:
             print("qalign: skipped records, e.g. " + ", ".join(result.stats.skipped_locations), file=sys.stderr)
+        for note in result.stats.notes():
+            print(f"qalign: note: {note}", file=sys.stderr)
         print(summary_line(result))
         return 0
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qalign.converters.prompts import load_prompt, prompt_name
+from qalign.converters.prompts import CLOSED_BOOK, load_prompt, prompt_name
 from qalign.converters.records import LoadStats, QARecord, load_records
 from qalign.converters.registry import ConversionResult, alpaca_entry, check_target, validate_name, write_dataset
 from qalign.errors import QalignError
@@ -56,7 +56,10 @@ class ConvertJob:
 
     def entry(self, kind: str, rows: int, **extra: Any) -> dict[str, Any]:
         """The dataset_info.json entry with this job's provenance (source, prompt, top_k) and `extra`."""
-        return alpaca_entry(kind, self.source, rows, prompt_name(self.prompt), top_k=self.top_k, **extra)
+        prompt = prompt_name(self.prompt)
+        if self.top_k == 0 and "{passages}" in load_prompt(self.prompt):
+            prompt = CLOSED_BOOK  # render_prompt falls back to it for every record
+        return alpaca_entry(kind, self.source, rows, prompt, top_k=self.top_k, **extra)
 
     def write(self, rows: list[dict[str, Any]], entry: dict[str, Any], stats: LoadStats) -> ConversionResult:
         return write_dataset(self.dataset_dir, self.name, rows, entry, stats, force=self.force)
