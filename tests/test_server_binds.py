@@ -1,0 +1,100 @@
+"""Issue 15 S1/S2: `qalign webui` / `qalign api` bind 127.0.0.1 unless GRADIO_SERVER_NAME / API_HOST say otherwise
+and print where they listen; the Streamlit demo ships a loopback config without usage statistics."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from qalign import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bind_defaults_to_loopback_and_env_wins() -> None:
+    env: dict[str, str] = {}
+    assert cli.bind_loopback("webui", env) == ("qalign: webui will listen on http://127.0.0.1:7860 (this machine "
+                                               "only; set GRADIO_SERVER_NAME=0.0.0.0 to expose it)")
+    assert env == {"GRADIO_SERVER_NAME": "127.0.0.1"}
+    env = {"API_HOST": "0.0.0.0", "API_PORT": "9000"}
+    assert cli.bind_loopback("api", env).startswith("qalign: api will listen on http://0.0.0.0:9000 (from API_HOST")
+    assert env["API_HOST"] == "0.0.0.0"
+    assert cli.bind_loopback("api", {"API_HOST": "::1"}).startswith("qalign: api will listen on http://[::1]:8000")
+    assert cli.bind_loopback("train", env) is None
+
+
+def test_passthrough_sets_the_env_before_llamafactory_runs(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    seen: dict[str, str | None] = {}
+    fake = types.ModuleType("llamafactory.cli")
+    fake.main = lambda: seen.update(host=os.environ.get("API_HOST"), argv=" ".join(sys.argv))
+    monkeypatch.setitem(sys.modules, "llamafactory.cli", fake)
+    monkeypatch.setattr("qalign.register.register_all", lambda: None)
+    monkeypatch.delenv("API_HOST", raising=False)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    assert cli.main(["api", "recipe.yaml"]) == 0
+    assert seen == {"host": "127.0.0.1", "argv": "llamafactory-cli api recipe.yaml"}
+    assert "api will listen on http://127.0.0.1:8000" in capsys.readouterr().err
+
+
+def _listeners(port: int) -> list[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) listening on `port`."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:
+                found.append(address)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux /proc/net/tcp")
+def test_webui_really_listens_on_loopback_only(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
+           "PYTHONPATH": str(REPO)}
+    env.pop("GRADIO_SERVER_NAME", None)
+    log = tmp_path / "webui.log"
+    with log.open("w") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "qalign.cli", "webui"], cwd=tmp_path, env=env,
+                                stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not _listeners(port) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        addresses = _listeners(port)
+        assert addresses, f"webui did not listen on port {port}:\n{log.read_text()}"
+        assert set(addresses) == {"0100007F"}, addresses  # 127.0.0.1 only, not 0.0.0.0 / [::]
+        assert f"webui will listen on http://127.0.0.1:{port}" in log.read_text()
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+def test_streamlit_demo_config_is_loopback_without_usage_stats(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    from streamlit import config
+
+    monkeypatch.chdir(tmp_path)  # any folder: Streamlit reads the script folder's .streamlit/config.toml
+    monkeypatch.setattr(config, "_main_script_path", str(REPO / "demo" / "app.py"))
+    try:
+        config.get_config_options(force_reparse=True)
+        assert config.get_option("server.address") == "127.0.0.1"
+        assert config.get_option("browser.gatherUsageStats") is False
+    finally:
+        monkeypatch.undo()
+        config.get_config_options(force_reparse=True)
