@@ -82,12 +82,13 @@ def check_recipe_argv(argv: list[str], cwd: Path | None = None) -> tuple[list[st
     return argv, config
 
 
-def _accepts(tp: Any, value: Any) -> bool:
+def accepts(tp: Any, value: Any) -> bool:
+    """Whether `value` (as OmegaConf parsed it) fits the dataclass field type `tp`; lenient where unsure."""
     origin = get_origin(tp)
     if tp is Any:
         return True
     if origin in (Union, types.UnionType):
-        return any(_accepts(arg, value) for arg in get_args(tp))
+        return any(accepts(arg, value) for arg in get_args(tp))
     if tp is type(None):
         return value is None
     if origin is Literal:
@@ -115,11 +116,13 @@ def _accepts(tp: Any, value: Any) -> bool:
     return True  # other types (configs, paths): LLaMA-Factory checks them itself
 
 
-def _shown(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """`int`, `Literal['a', 'b']`, ... for messages."""
     return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
 
 
-def _fields() -> dict[str, Any]:
+def llamafactory_fields() -> dict[str, Any]:
+    """{key: type} of every key `llamafactory-cli train` accepts (model, data, training, finetuning, generation)."""
     from llamafactory.hparams import (
         DataArguments,
         FinetuningArguments,
@@ -133,6 +136,15 @@ def _fields() -> dict[str, Any]:
         hints = get_type_hints(cls)
         fields.update({f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init})
     return fields
+
+
+def grpo_fields() -> dict[str, Any]:
+    """{key: type} of the GRPO stage's keys (reward lists may also be YAML lists)."""
+    from qalign.grpo.args import GRPOArguments
+
+    hints = get_type_hints(GRPOArguments)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(GRPOArguments) if f.init}
+    return {**fields, "reward_funcs": str | list | None, "reward_weights": str | list | None}
 
 
 def _grpo_problems(config: dict[str, Any]) -> tuple[set[str], list[str]]:
@@ -166,7 +178,7 @@ def _check_datasets(config: dict[str, Any], recipe: str) -> None:
                           f"{', '.join(sorted(registered)) or 'none'}). Convert them first, or fix the name.")
 
 
-def _looks_local(value: str) -> bool:
+def looks_local(value: str) -> bool:
     """A path rather than a Hub id: explicit (/, ./, ~), or its first folder exists here (models/x, saves/y)."""
     if value.startswith(("/", "./", "../", "~")):
         return True
@@ -178,7 +190,7 @@ def check_train_config(config: dict[str, Any], recipe: str) -> None:
     from qalign.register import register_all
 
     register_all()  # `stage: grpo` becomes a valid stage
-    fields = _fields()
+    fields = llamafactory_fields()
     grpo_keys, problems = _grpo_problems(config) if str(config.get("stage")) == "grpo" else (set(), [])
     for key, value in config.items():
         if key in grpo_keys:
@@ -186,12 +198,12 @@ def check_train_config(config: dict[str, Any], recipe: str) -> None:
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             problems.append(f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        elif not _accepts(fields[key], value):
+        elif not accepts(fields[key], value):
             hint = " (a mapping: quote values holding ': ')" if isinstance(value, dict) else ""
-            problems.append(f"{key}={value!r} is not of type {_shown(fields[key])}{hint}")
+            problems.append(f"{key}={value!r} is not of type {type_name(fields[key])}{hint}")
     for key in _PATH_KEYS:
         value = config.get(key)
-        if isinstance(value, str) and value and _looks_local(value):
+        if isinstance(value, str) and value and looks_local(value):
             for part in value.split(","):
                 if not Path(part.strip()).expanduser().exists():
                     problems.append(f"{key}: {part.strip()} does not exist")
