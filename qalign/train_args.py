@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import enum
 import json
+import sys
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -79,7 +80,38 @@ def check_recipe_argv(argv: list[str], cwd: Path | None = None) -> tuple[list[st
             and not (cwd / "data" / "dataset_info.json").is_file():
         argv = [*argv, "dataset_dir=."]
         config["dataset_dir"] = "."
-    return argv, config
+    return _resolve_resume(argv, config), config
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """`checkpoint-N` folders that finished saving (the Trainer writes trainer_state.json last), by step."""
+    found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
+    return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name.split("-")[1]))
+
+
+def _resolve_resume(argv: list[str], config: dict[str, Any]) -> list[str]:
+    """`resume_from_checkpoint=true` -> the last *complete* checkpoint (a kill while saving leaves a partial one,
+    which the Trainer's own lookup would pick); an explicit partial checkpoint is an error."""
+    value = config.get("resume_from_checkpoint")
+    if value in (None, False) or str(value).lower() in ("false", "none", "null", ""):
+        return argv
+    output_dir = Path(str(config.get("output_dir") or "."))
+    complete = complete_checkpoints(output_dir)
+    if value is True or str(value).lower() in ("true", "last"):
+        if not complete:
+            raise QalignError(f"resume_from_checkpoint=true: no complete checkpoint-N (with trainer_state.json) in "
+                              f"{output_dir}. Drop resume_from_checkpoint to start afresh, or set save_steps.")
+        target = complete[-1]
+        print(f"qalign: resuming from {target} (the last complete checkpoint)", file=sys.stderr, flush=True)
+        config["resume_from_checkpoint"] = str(target)
+        return [*argv, f"resume_from_checkpoint={target}"]
+    path = Path(str(value))
+    if path.is_dir() and path.name.startswith("checkpoint-") and not (path / "trainer_state.json").is_file():
+        last = f"; the last complete one is {complete[-1]}" if complete else ""
+        raise QalignError(f"resume_from_checkpoint={path}: this checkpoint is incomplete (no trainer_state.json; the "
+                          f"run was killed while saving it){last}. Resume from that, or pass resume_from_checkpoint="
+                          "true.")
+    return argv
 
 
 def accepts(tp: Any, value: Any) -> bool:
