@@ -170,3 +170,10 @@ def test_killed_writers_temp_files_are_cleaned(tmp_path: Path) -> None:
     assert not stale.exists()
     assert fresh.exists() and alive.exists() and foreign.exists()  # young, a live writer's, or not ours
     assert clean_stale_temps(tmp_path, older_than_s=0) == [fresh]
+
+
+def test_broken_summary_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "summary.json").write_bytes(b'{"n": "caf\xe9"}')
+    assert main(["report", "--run", f"a={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "summary.json: cannot read (UnicodeDecodeError)" in err and "Traceback" not in err
