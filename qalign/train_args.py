@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import enum
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -224,10 +225,13 @@ def check_train_config(config: dict[str, Any], recipe: str) -> None:
     register_all()  # `stage: grpo` becomes a valid stage
     fields = llamafactory_fields()
     grpo_keys, problems = _grpo_problems(config) if str(config.get("stage")) == "grpo" else (set(), [])
+    extra_ok = os.environ.get("ALLOW_EXTRA_ARGS", "").lower() in ("1", "true", "y")  # LLaMA-Factory's own switch
     for key, value in config.items():
         if key in grpo_keys:
             continue
         if key not in fields:
+            if extra_ok:
+                continue
             close = difflib.get_close_matches(key, fields, n=1)
             problems.append(f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         elif not accepts(fields[key], value):

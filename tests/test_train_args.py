@@ -131,3 +131,10 @@ def test_cli_type_error_comes_before_any_model_load(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr[-2000:]
     assert "max_steps='abc' is not of type int" in out.stderr and "Traceback" not in out.stderr
     assert "Loading" not in out.stderr and time.perf_counter() - start < 120
+
+
+def test_allow_extra_args_is_respected(recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _registry(tmp_path / "reg", "nq_train")
+    _, config = check_recipe_argv([str(recipe), f"dataset_dir={folder}", "my_key=1"])
+    monkeypatch.setenv("ALLOW_EXTRA_ARGS", "1")  # LLaMA-Factory then ignores unknown keys, and so do we
+    check_train_config(config, str(recipe))
