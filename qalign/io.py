@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import glob
 import gzip
+import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -25,8 +27,8 @@ from qalign.errors import QalignError
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
-_STALE_AFTER_S = 60.0  # a dead writer's temp file older than this is removed by the next write into its folder
-_TMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+_OTHER_HOST_STALE_S = 86400.0  # a temp file of another host's writer (shared disk) is stale after a day
+_TMP = re.compile(r"^\..+\.([0-9a-f]{4})-(\d+)\.[^.]+\.tmp$")  # .NAME.<host hash>-<pid>.<random>.tmp
 
 
 def _open_binary(path: Path):
@@ -194,20 +196,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temps(folder: str | os.PathLike, older_than_s: float = _STALE_AFTER_S) -> list[Path]:
-    """Remove temp files of `atomic_target` whose writer died (killed mid-write); return what was removed."""
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
+
+
+def clean_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove temp files of `atomic_target` whose writer died (killed mid-write); return what was removed.
+
+    A temp name carries its writer's host and pid: one of this host whose pid is gone is removed at once; one of
+    another host (a shared disk) only once it is a day old.
+    """
     removed = []
-    now = time.time()
+    host, now = _host_tag(), time.time()
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:
         match = _TMP.match(entry.name)
-        if not match or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+        if not match:
             continue
+        pid = int(match.group(2))
         try:
-            if now - entry.stat().st_mtime > older_than_s:
+            if match.group(1) == host:
+                stale = pid != os.getpid() and not _pid_alive(pid)
+            else:
+                stale = now - entry.stat().st_mtime > _OTHER_HOST_STALE_S
+            if stale:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:
@@ -229,7 +244,8 @@ def _write_error(path: Path, exc: OSError) -> QalignError:
 def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; once the block succeeds, make it 0644 and rename it onto `path`.
 
-    The temp name carries this process id, so the next write into the folder removes what a killed writer left.
+    The temp name carries this host and process id, so the next write into the folder removes what a killed writer
+    left (`clean_stale_temps`).
     """
     path = Path(path)
     try:
@@ -237,7 +253,8 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
             raise IsADirectoryError(21, "Is a directory", str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host_tag()}-{os.getpid()}.", suffix=".tmp",
+                                   dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise _write_error(path, exc) from None

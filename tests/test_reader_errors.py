@@ -155,21 +155,50 @@ def test_eval_and_report_output_mistakes(tmp_path: Path, capsys: pytest.CaptureF
 def test_killed_writers_temp_files_are_cleaned(tmp_path: Path) -> None:
     import subprocess
 
+    from qalign.io import _host_tag
+
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".big.json.{dead.pid}.abc123.tmp"
-    fresh = tmp_path / f".big.json.{dead.pid}.def456.tmp"
-    alive = tmp_path / f".big.json.{os.getppid()}.ghi789.tmp"
-    foreign = tmp_path / ".someone-elses.tmp"
-    for path in (stale, fresh, alive, foreign):
+    host = _host_tag()
+    other = "0000" if host != "0000" else "ffff"
+    stale = tmp_path / f".big.json.{host}-{dead.pid}.abc123.tmp"  # this host, writer gone: removed
+    alive = tmp_path / f".big.json.{host}-{os.getppid()}.ghi789.tmp"  # a live writer's: kept
+    remote = tmp_path / f".big.json.{other}-{dead.pid}.jkl012.tmp"  # another host's, young: kept
+    remote_old = tmp_path / f".big.json.{other}-{dead.pid}.mno345.tmp"  # another host's, two days old: removed
+    foreign = tmp_path / ".someone-elses.tmp"  # not ours: kept
+    for path in (stale, alive, remote, remote_old, foreign):
         path.write_text("x" * 1000)
-    old = time.time() - 3600
-    for path in (stale, alive, foreign):
-        os.utime(path, (old, old))
+    old = time.time() - 2 * 86400
+    os.utime(remote_old, (old, old))
     atomic_write_text(tmp_path / "big.json", "[]")  # the next write into the folder cleans up
-    assert not stale.exists()
-    assert fresh.exists() and alive.exists() and foreign.exists()  # young, a live writer's, or not ours
-    assert clean_stale_temps(tmp_path, older_than_s=0) == [fresh]
+    assert not stale.exists() and not remote_old.exists()
+    assert alive.exists() and remote.exists() and foreign.exists()
+    assert clean_stale_temps(tmp_path) == []
+
+
+def test_sigkilled_convert_leaves_a_temp_file_the_next_run_removes(tmp_path: Path) -> None:
+    """A convert killed while writing its data file leaves `.NAME.json.*.tmp`; the next convert removes it."""
+    import signal
+    import subprocess
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"question": f"q {i}", "answers": ["a"]}) + "\n" for i in range(20)))
+    code = ("import os, signal, qalign.io as io\n"
+            "real = io.atomic_write_text\n"
+            "def killed(path, text):\n"
+            "    with io.atomic_target(path) as tmp:\n"
+            "        tmp.write_text(text[: len(text) // 2])\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "io.atomic_write_text = killed\n"
+            "from qalign.cli import main\n"
+            f"main(['convert', 'alpaca', '--input', {str(source)!r}, '--dataset', 'd', '--dataset-dir', "
+            f"{str(tmp_path)!r}])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == -signal.SIGKILL
+    left = list((tmp_path / "data").glob(".d.json.*.tmp"))
+    assert len(left) == 1 and not (tmp_path / "data/d.json").exists()
+    assert main(["convert", "alpaca", "--input", str(source), "--dataset", "d", "--dataset-dir", str(tmp_path)]) == 0
+    assert not list(tmp_path.rglob("*.tmp")) and len(json.loads((tmp_path / "data/d.json").read_text())) == 20
 
 
 def test_broken_summary_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
