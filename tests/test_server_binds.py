@@ -30,7 +30,7 @@ def test_bind_defaults_to_loopback_and_env_wins() -> None:
     assert cli.bind_loopback("train", env) is None
 
 
-def test_passthrough_sets_the_env_before_llamafactory_runs(monkeypatch: pytest.MonkeyPatch,
+def test_passthrough_sets_the_env_before_llamafactory_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     seen: dict[str, str | None] = {}
     fake = types.ModuleType("llamafactory.cli")
@@ -39,8 +39,10 @@ def test_passthrough_sets_the_env_before_llamafactory_runs(monkeypatch: pytest.M
     monkeypatch.setattr("qalign.register.register_all", lambda: None)
     monkeypatch.delenv("API_HOST", raising=False)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
-    assert cli.main(["api", "recipe.yaml"]) == 0
-    assert seen == {"host": "127.0.0.1", "argv": "llamafactory-cli api recipe.yaml"}
+    recipe = tmp_path / "chat.yaml"
+    recipe.write_text("model_name_or_path: Qwen/Qwen3-8B-AWQ\ntemplate: qwen3\n")
+    assert cli.main(["api", str(recipe)]) == 0
+    assert seen == {"host": "127.0.0.1", "argv": f"llamafactory-cli api {recipe}"}
     assert "api will listen on http://127.0.0.1:8000" in capsys.readouterr().err
 
 
