@@ -62,29 +62,47 @@ def _listeners(port: int) -> list[str]:
     return found
 
 
-@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux /proc/net/tcp")
-def test_webui_really_listens_on_loopback_only(tmp_path: Path) -> None:
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
-           "PYTHONPATH": str(REPO)}
-    env.pop("GRADIO_SERVER_NAME", None)
-    log = tmp_path / "webui.log"
+        return probe.getsockname()[1]
+
+
+def _serve_and_check(argv: list[str], port_var: str, host_var: str, command: str, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, port_var: str(port), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(REPO),
+           "DISABLE_VERSION_CHECK": "1"}
+    env.pop(host_var, None)
+    log = tmp_path / f"{command}.log"
     with log.open("w") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "qalign.cli", "webui"], cwd=tmp_path, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "qalign.cli", *argv], cwd=tmp_path, env=env,
                                 stdout=handle, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while not _listeners(port) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
         addresses = _listeners(port)
-        assert addresses, f"webui did not listen on port {port}:\n{log.read_text()}"
+        assert addresses, f"{command} did not listen on port {port}:\n{log.read_text()[-3000:]}"
         assert set(addresses) == {"0100007F"}, addresses  # 127.0.0.1 only, not 0.0.0.0 / [::]
-        assert f"webui will listen on http://127.0.0.1:{port}" in log.read_text()
+        assert f"{command} will listen on http://127.0.0.1:{port}" in log.read_text()
     finally:
         proc.kill()
         proc.wait(30)
+
+
+NO_PROC = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from /proc/net/tcp")
+
+
+@NO_PROC
+def test_webui_really_listens_on_loopback_only(tmp_path: Path) -> None:
+    _serve_and_check(["webui"], "GRADIO_SERVER_PORT", "GRADIO_SERVER_NAME", "webui", tmp_path)
+
+
+@NO_PROC
+def test_api_really_listens_on_loopback_only(tiny_qwen3: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "chat.yaml"
+    recipe.write_text(f"model_name_or_path: {tiny_qwen3}\ntemplate: qwen3_nothink\ninfer_backend: huggingface\n")
+    _serve_and_check(["api", str(recipe)], "API_PORT", "API_HOST", "api", tmp_path)
 
 
 def test_streamlit_demo_config_is_loopback_without_usage_stats(monkeypatch: pytest.MonkeyPatch,
