@@ -13,21 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from qalign import cli
+from qalign import cli, servers
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_bind_defaults_to_loopback_and_env_wins() -> None:
     env: dict[str, str] = {}
-    assert cli.bind_loopback("webui", env) == ("qalign: webui will listen on http://127.0.0.1:7860 (this machine "
+    assert servers.bind_loopback("webui", env) == ("qalign: webui will listen on http://127.0.0.1:7860 (this machine "
                                                "only; set GRADIO_SERVER_NAME=0.0.0.0 to expose it)")
     assert env == {"GRADIO_SERVER_NAME": "127.0.0.1"}
     env = {"API_HOST": "0.0.0.0", "API_PORT": "9000"}
-    assert cli.bind_loopback("api", env).startswith("qalign: api will listen on http://0.0.0.0:9000 (from API_HOST")
+    assert servers.bind_loopback("api", env).startswith("qalign: api will listen on http://0.0.0.0:9000 (from API_HOST")
     assert env["API_HOST"] == "0.0.0.0"
-    assert cli.bind_loopback("api", {"API_HOST": "::1"}).startswith("qalign: api will listen on http://[::1]:8000")
-    assert cli.bind_loopback("train", env) is None
+    assert servers.bind_loopback("api", {"API_HOST": "::1"}).startswith("qalign: api will listen on http://[::1]:8000")
+    assert servers.bind_loopback("train", env) is None
 
 
 def test_passthrough_sets_the_env_before_llamafactory_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
