@@ -14,6 +14,7 @@ from qalign.errors import QalignError
 # Sub-commands handed to LLaMA-Factory's launcher unchanged (after qalign registers its stages).
 LLAMAFACTORY_COMMANDS = ("train", "chat", "export", "webui", "webchat", "api", "env", "version")
 
+
 def run_llamafactory(argv: list[str]) -> int:
     """Run `llamafactory-cli ARGV...` in this process, with qalign's extensions registered first."""
     from qalign.servers import bind_loopback
