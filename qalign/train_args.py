@@ -196,6 +196,8 @@ def _check_datasets(config: dict[str, Any], recipe: str) -> None:
     names = [n.strip() for key in _DATASET_KEYS for n in str(config.get(key) or "").split(",") if n.strip()]
     if not names:
         return
+    if str(config.get("dataset_dir")) == "ONLINE":  # LLaMA-Factory then reads the names as Hub ids
+        return
     folder = Path(str(config.get("dataset_dir") or "data"))
     info_path = folder / "dataset_info.json"
     if not info_path.is_file():

@@ -138,3 +138,8 @@ def test_allow_extra_args_is_respected(recipe: Path, tmp_path: Path, monkeypatch
     _, config = check_recipe_argv([str(recipe), f"dataset_dir={folder}", "my_key=1"])
     monkeypatch.setenv("ALLOW_EXTRA_ARGS", "1")  # LLaMA-Factory then ignores unknown keys, and so do we
     check_train_config(config, str(recipe))
+
+
+def test_online_dataset_dir_takes_hub_ids(recipe: Path) -> None:
+    _, config = check_recipe_argv([str(recipe), "dataset_dir=ONLINE", "dataset=owner/name"])
+    check_train_config(config, str(recipe))
