@@ -125,3 +125,33 @@ def test_a_gold_alias_scores_full_marks(golds: list[str], data: st.DataObject) -
 def test_normalisation_is_idempotent(text: str) -> None:
     once = normalize_answer(text)
     assert normalize_answer(once) == once
+
+
+WORDS = st.text(st.characters(categories=("L", "N")), min_size=1, max_size=12)
+
+
+@FAST
+@given(st.lists(st.tuples(st.lists(WORDS, min_size=1, max_size=5), st.lists(WORDS, min_size=1, max_size=3)),
+                min_size=1, max_size=10))
+def test_convert_writes_every_valid_record(items: list[tuple[list[str], list[str]]]) -> None:
+    """Valid records with distinct questions: `convert eval` writes each one, with all its aliases, ids unique."""
+    from qalign.converters.eval_set import convert_eval
+    from qalign.converters.job import ConvertJob
+    from qalign.converters.records import question_key
+
+    seen: set[str] = set()
+    records = []
+    for words, answers in items:
+        question = "q " + " ".join(words)
+        if question_key(question) not in seen:
+            seen.add(question_key(question))
+            records.append({"question": question, "answers": answers})
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "in.jsonl"
+        source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        result = convert_eval(ConvertJob(str(source), "p", dataset_dir=folder))
+        rows = json.loads((Path(folder) / "data/p.json").read_text(encoding="utf-8"))
+    assert result.rows == len(rows) == len(records)
+    assert [r["question"] for r in rows] == [r["question"] for r in records]
+    assert [r["answers"] for r in rows] == [list(dict.fromkeys(a.strip() for a in r["answers"])) for r in records]
+    assert len({r["id"] for r in rows}) == len(rows)
