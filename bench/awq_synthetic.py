@@ -161,7 +161,7 @@ def write_bench_datasets(dataset_dir: Path, rows: int = 96, passage_words: int =
     convert_alpaca(ConvertJob(str(raw), "bench_sft", dataset_dir=dataset_dir))
     convert_eval(ConvertJob(str(raw), "bench_grpo", dataset_dir=dataset_dir))
     convert_eval(ConvertJob(str(raw_dev), "bench_dev", dataset_dir=dataset_dir))
-    template, records, _ = ConvertJob(str(raw), "bench_pref").load()
+    template, records, _ = ConvertJob(str(raw), "bench_pref", dataset_dir=dataset_dir, force=True).load()
     prompts = [(render_prompt(template, record, 5), record.answers[0]) for record in records]
 
     def flip(answer: str) -> str:

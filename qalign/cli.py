@@ -13,11 +13,23 @@ LLAMAFACTORY_COMMANDS = ("train", "chat", "export", "webui", "webchat", "api", "
 
 def run_llamafactory(argv: list[str]) -> int:
     """Run `llamafactory-cli ARGV...` in this process, with qalign's extensions registered first."""
+    from qalign.servers import bind_loopback
+    from qalign.train_args import RECIPE_COMMANDS, check_recipe_argv, check_train_config
+
+    config = None
+    if argv and argv[0] in RECIPE_COMMANDS:  # recipe and overrides checked before the ~40 s of imports
+        rest, config = check_recipe_argv(argv[1:])
+        argv = [argv[0], *rest]
+    where = bind_loopback(argv[0]) if argv else None
+    if where:
+        print(where, file=sys.stderr, flush=True)
     from llamafactory.cli import main as llamafactory_main
 
     from qalign.register import register_all
 
     register_all()  # GRPO stage, webui, torchrun worker: before LLaMA-Factory parses anything
+    if argv[0] == "train" and config is not None:
+        check_train_config(config, argv[1])  # keys, types, paths, datasets: before any model or data is loaded
     sys.argv = ["llamafactory-cli", *argv]
     llamafactory_main()
     return 0
@@ -51,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LLAMAFACTORY_COMMANDS:
-        return run_llamafactory(argv)
+        try:
+            return run_llamafactory(argv)
+        except QalignError as exc:
+            print(f"qalign: error: {exc}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

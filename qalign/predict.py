@@ -25,7 +25,8 @@ from qalign.generation import BatchGenerator, BatchLimits
 from qalign.io import atomic_write_json, atomic_write_jsonl
 
 ENGINES = ("qalign", "llamafactory")
-ENGINE_KEYS = ("engine", "engine_batch_tokens", "engine_batch_rows")
+ENGINE_FIELDS = {"engine": str, "engine_batch_tokens": int | None, "engine_batch_rows": int}  # key -> type
+ENGINE_KEYS = tuple(ENGINE_FIELDS)
 
 
 def read_recipe(recipe: str | os.PathLike, overrides: list[str]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -42,10 +43,33 @@ class LoadStats:
     skipped_no_answer: int = 0
     skipped_no_question: int = 0
     skipped_locations: list[str] = field(default_factory=list)
+    bad_aliases: int = 0  # NaN / Infinity answers, dropped
+    empty_aliases: int = 0  # aliases that normalise to nothing ("the", "A"): kept, but SubEM/EM never match them
+    empty_passages: int = 0  # ctxs without text (missing or null)
+    conflicting_duplicates: int = 0  # duplicate questions whose aliases differ from the kept record's
+    notice_locations: dict[str, list[str]] = field(default_factory=dict)
 
     def _note_skip(self, location: str) -> None:
         if len(self.skipped_locations) < _MAX_LOCATIONS:
             self.skipped_locations.append(location)
+
+    def _note(self, what: str, location: str, count: int = 1) -> None:
+        setattr(self, what, getattr(self, what) + count)
+        shown = self.notice_locations.setdefault(what, [])
+        if len(shown) < _MAX_LOCATIONS and location not in shown:
+            shown.append(location)
+
+    def notes(self) -> list[str]:
+        """One line per kind of record content that was changed or dropped while reading, with where."""
+        texts = {
+            "bad_aliases": "NaN/Infinity answer alias(es) dropped (not answers; quote real values as strings)",
+            "empty_aliases": "answer alias(es) normalise to nothing (e.g. 'the', 'A'): SubEM/EM can never match them",
+            "empty_passages": "passage(s) without text, kept as empty passages",
+            "conflicting_duplicates": "duplicate question(s) with other aliases than the first occurrence (the "
+                                      "first is kept; merge the aliases into it if they are all correct)",
+        }
+        return [f"{getattr(self, what)} {text}, e.g. {', '.join(self.notice_locations.get(what, []))}"
+                for what, text in texts.items() if getattr(self, what)]
 
 
 def question_key(question: str) -> str:
@@ -59,8 +83,14 @@ def stable_id(question: str) -> str:
 
 
 def looks_like_hf_id(source: str) -> bool:
-    """True when `source` is not an existing path but has the `owner/name` shape of a Hub dataset id."""
-    return not Path(source).exists() and bool(_HF_ID.match(source)) and not source.endswith((".json", ".jsonl", ".gz"))
+    """True when `source` is not an existing path but has the `owner/name` shape of a Hub dataset id.
+
+    `data/nq-dev` where a local folder `data/` exists is a mistyped path, not a Hub id (no 30 s of offline retries).
+    """
+    path = Path(source)
+    if path.exists() or not _HF_ID.match(source) or source.endswith((".json", ".jsonl", ".gz")):
+        return False
+    return not path.parent.is_dir()
 
 
 def _hub_offline() -> bool:
@@ -108,7 +138,7 @@ def _iter_source(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]
             yield f"{source}:{lineno}", obj
 
 
-def _clean_answers(raw: Any, location: str) -> list[str]:
+def _clean_answers(raw: Any, location: str, stats: LoadStats, strict: bool) -> list[str]:
     if raw is None:
         return []
     if isinstance(raw, (str, int, float)):
@@ -117,6 +147,12 @@ def _clean_answers(raw: Any, location: str) -> list[str]:
         raise QalignError(f"{location}: 'answers' must be a list of strings (or one string), got {type(raw).__name__}.")
     answers: list[str] = []
     for alias in raw:
+        if isinstance(alias, float) and not math.isfinite(alias):
+            if strict:
+                raise QalignError(f"{location}: answer alias {alias} (JSON NaN/Infinity) is not an answer. Quote it "
+                                  "if it is one, or delete it; without --strict it is dropped and counted.")
+            stats._note("bad_aliases", location)
+            continue
         if isinstance(alias, (int, float)) and not isinstance(alias, bool):
             alias = str(alias)  # e.g. a year written as a number
         if not isinstance(alias, str):
@@ -124,10 +160,12 @@ def _clean_answers(raw: Any, location: str) -> list[str]:
         alias = alias.strip()
         if alias and alias not in answers:
             answers.append(alias)
+            if not normalize_answer(alias):
+                stats._note("empty_aliases", location)
     return answers
 
 
-def _clean_ctxs(raw: Any, location: str) -> list[dict[str, Any]]:
+def _clean_ctxs(raw: Any, location: str, stats: LoadStats) -> list[dict[str, Any]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -136,18 +174,25 @@ def _clean_ctxs(raw: Any, location: str) -> list[dict[str, Any]]:
     for ctx in raw:
         if isinstance(ctx, str):  # some dumps store bare passage strings
             ctx = {"title": "", "text": ctx}
-        if not isinstance(ctx, dict) or not isinstance(ctx.get("text", ""), str):
+        if not isinstance(ctx, dict) or not isinstance(ctx.get("text") or "", str):
             raise QalignError(f"{location}: each item of 'ctxs' must be an object with a string 'text'. Fix it.")
+        if not ctx.get("text"):
+            stats._note("empty_passages", location)
         ctxs.append({**ctx, "title": str(ctx.get("title") or ""), "text": ctx.get("text") or ""})
     return ctxs
 
 
-def _parse(obj: dict[str, Any], location: str) -> tuple[str, list[str], list[dict[str, Any]]]:
+def _parse(obj: dict[str, Any], location: str, stats: LoadStats,
+           strict: bool) -> tuple[str, list[str], list[dict[str, Any]]]:
     question = obj.get("question")
     if question is not None and not isinstance(question, str):
         raise QalignError(f"{location}: 'question' must be a string, got {type(question).__name__}.")
-    raw_answers = obj["answers"] if "answers" in obj else obj.get("answer")  # DPR/FiD vs NQ-open
-    return (question or "").strip(), _clean_answers(raw_answers, location), _clean_ctxs(obj.get("ctxs"), location)
+    question = (question or "").strip()
+    if question and not question_key(question):
+        question = ""  # punctuation only: nothing to ask (and every such question would share one id)
+    # DPR/FiD `answers` vs NQ-open `answer`; an explicit `answers: null` falls back to `answer`
+    raw_answers = obj["answers"] if obj.get("answers") is not None else obj.get("answer")
+    return question, _clean_answers(raw_answers, location, stats, strict), _clean_ctxs(obj.get("ctxs"), location, stats)
 
 
 def load_records(
@@ -173,18 +218,19 @@ def load_records(
 
 
 def _collect(rows: Any, records: list[QARecord], stats: LoadStats, strict: bool, limit: int | None) -> None:
-    seen: set[str] = set()
+    seen: dict[str, QARecord] = {}
+    explicit_ids: dict[str, str] = {}
     for location, obj in rows:
         if limit is not None and stats.kept >= limit:
             break
         stats.read += 1
-        question, answers, ctxs = _parse(obj, location)
+        question, answers, ctxs = _parse(obj, location, stats, strict)
         if not question or not answers:
             what = "question" if not question else "answers"
             if strict:
                 raise QalignError(
-                    f"{location}: record has no {what}. Add a non-empty '{what}' field, "
-                    "or drop --strict to skip such records."
+                    f"{location}: record has no {what} (or only punctuation / aliases that normalise to nothing). "
+                    f"Add a non-empty '{what}' field, or drop --strict to skip such records."
                 )
             if not question:
                 stats.skipped_no_question += 1
@@ -195,9 +241,20 @@ def _collect(rows: Any, records: list[QARecord], stats: LoadStats, strict: bool,
         key = question_key(question)
         if key in seen:
             stats.duplicates += 1
+            if set(answers) != set(seen[key].answers):
+                stats._note("conflicting_duplicates", location)
             continue
-        seen.add(key)
         own_id = obj.get("id")
-        record_id = str(own_id) if own_id not in (None, "") else stable_id(question)
-        records.append(QARecord(id=record_id, question=question, answers=answers, ctxs=ctxs))
+        if own_id not in (None, ""):
+            record_id = str(own_id)
+            if record_id in explicit_ids:
+                raise QalignError(
+                    f"{location}: id {record_id!r} was already used at {explicit_ids[record_id]} by another "
+                    "question. Ids join predictions to gold answers and must be unique: fix one of them."
+                )
+            explicit_ids[record_id] = location
+        else:
+            record_id = stable_id(question)
+        seen[key] = record = QARecord(id=record_id, question=question, answers=answers, ctxs=ctxs)
+        records.append(record)
         stats.kept += 1

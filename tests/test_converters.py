@@ -172,7 +172,7 @@ def test_missing_file_and_non_utf8(tmp_path: Path) -> None:
         load_records(str(tmp_path / "missing.jsonl"))
     latin = tmp_path / "latin1.jsonl"
     latin.write_bytes('{"question": "caf\u00e9", "answers": ["x"]}\n'.encode("latin-1"))
-    with pytest.raises(QalignError, match=r"latin1.jsonl: not valid UTF-8.*iconv"):
+    with pytest.raises(QalignError, match=r"latin1.jsonl:1: not valid UTF-8.*iconv"):
         load_records(str(latin))
 
 
@@ -192,7 +192,7 @@ def test_atomic_write_keeps_other_entries_and_leaves_no_temp(tmp_path: Path, sma
     assert info["mine"]["qalign"]["top_k"] == 1
     leftovers = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mine.json"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mine.json", "mine.json.qkeys"]
 
 
 def test_malformed_dataset_info_is_reported(tmp_path: Path, small: Path) -> None:

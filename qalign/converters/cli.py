@@ -60,6 +60,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, passages: bool = Tr
                         help="LLaMA-Factory dataset_dir holding dataset_info.json (default: current folder)")
     parser.add_argument("--strict", action="store_true",
                         help="fail on a record without question or answers instead of skipping and counting it")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a registered dataset of that name that qalign did not write, or of another kind")
 
 
 def summary_line(result: ConversionResult) -> str:
@@ -77,6 +79,8 @@ def _execute(run: Callable[[argparse.Namespace], ConversionResult]) -> Callable[
         result = run(args)
         if result.stats.skipped_locations:
             print("qalign: skipped records, e.g. " + ", ".join(result.stats.skipped_locations), file=sys.stderr)
+        for note in result.stats.notes():
+            print(f"qalign: note: {note}", file=sys.stderr)
         print(summary_line(result))
         return 0
 

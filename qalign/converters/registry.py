@@ -1,28 +1,40 @@
-"""`dataset_info.json` (LLaMA-Factory's dataset registry): writing converted datasets, registering them, and
-warning when training and evaluation datasets share questions.
+"""`dataset_info.json` (LLaMA-Factory's dataset registry): writing converted datasets and registering them.
 
 Each entry qalign writes carries a `qalign` block (kind, source, rows, prompt); LLaMA-Factory ignores keys it
 does not know (`DatasetAttr.join` in llamafactory/data/parser.py reads only its own), so the block is safe.
+
+The read-modify-write of the registry holds a file lock (`.dataset_info.json.lock` beside it), so concurrent
+converts never lose each other's entries; the data file is written inside the lock, after the registry was read and
+the replacement checked. Replacing an entry qalign did not write, or one of another kind, needs `force`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
-import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from qalign.converters.overlap import EVAL_KIND, find_overlaps, warn_overlaps, write_sidecar
 from qalign.errors import QalignError
-from qalign.io import atomic_write_json, atomic_write_text, iter_json_records
-from qalign.records import LoadStats, question_key
+from qalign.io import atomic_write_json, atomic_write_text
+from qalign.records import LoadStats
+
+__all__ = ["EVAL_KIND", "DATASET_INFO", "ConversionResult", "check_target", "overlapping_questions",
+           "read_dataset_info", "register_dataset", "registry_lock", "validate_name", "warn_overlaps",
+           "write_dataset"]
 
 DATASET_INFO = "dataset_info.json"
-EVAL_KIND = "eval"  # every other kind (sft, preference, kto, grpo, cot) is a training kind
+LOCK_FILE = ".dataset_info.json.lock"
+LOCK_TIMEOUT_S = 600.0
+MAX_NAME = 200  # file names are NAME + suffixes such as ".samples.jsonl" and temp parts; most filesystems cap at 255
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_MAX_SHOWN = 10  # overlapping questions listed in the warning
 
 
 @dataclass
@@ -37,11 +49,14 @@ class ConversionResult:
 
 
 def validate_name(name: str) -> str:
-    """Dataset names become file names and YAML values: letters, digits, `.`, `_`, `-` only."""
+    """Dataset names become file names and YAML values: letters, digits, `.`, `_`, `-` only, at most 200 long."""
     if not _NAME.match(name):
         raise QalignError(
             f"invalid dataset name '{name}': use letters, digits, '.', '_' or '-' (e.g. nq-top5-train)."
         )
+    if len(name) > MAX_NAME:
+        raise QalignError(f"dataset name '{name[:40]}...' is {len(name)} characters long; use at most {MAX_NAME} "
+                          "(it becomes a file name).")
     return name
 
 
@@ -51,37 +66,125 @@ def read_dataset_info(dataset_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise QalignError(
-            f"{path}:{exc.lineno}: malformed JSON ({exc.msg}). Fix that line, or move the file away to start afresh."
+            f"{path}:{exc.lineno}: malformed JSON ({exc.msg}, column {exc.colno}). Fix that line, or move the file "
+            "away to start afresh."
         ) from None
     except UnicodeDecodeError:
         raise QalignError(f"{path}: not valid UTF-8. Re-encode it as UTF-8.") from None
+    except (RecursionError, ValueError) as exc:
+        raise QalignError(f"{path}: cannot parse ({type(exc).__name__}). Restore it from version control.") from None
+    except OSError as exc:
+        raise QalignError(f"{path}: cannot read ({exc.strerror or exc}). Check that it is a readable file.") from None
     if not isinstance(info, dict):
         raise QalignError(f"{path}:1: expected a JSON object of dataset entries, got {type(info).__name__}.")
     return info
 
 
-def register_dataset(dataset_dir: str | Path, name: str, file_name: str, entry: dict[str, Any]) -> Path:
-    """Add or replace `name` in `<dataset_dir>/dataset_info.json` (created if missing; other entries kept)."""
+@contextlib.contextmanager
+def registry_lock(dataset_dir: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold `<dataset_dir>/.dataset_info.json.lock` (an OS file lock, released if the process dies)."""
+    from filelock import FileLock, Timeout
+
+    path = Path(dataset_dir) / LOCK_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path), timeout=timeout)
+        lock.acquire()
+    except Timeout:
+        raise QalignError(f"{path}: another qalign process has held the registry lock for {timeout:.0f} s. Wait for "
+                          "it to finish, or stop it (the lock is released when that process ends).") from None
+    except OSError as exc:
+        raise QalignError(f"{path}: cannot create the registry lock ({exc.strerror or exc}). Pass a writable "
+                          "--dataset-dir.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _entry_file(dataset_dir: Path, entry: Any) -> Path | None:
+    file_name = entry.get("file_name") if isinstance(entry, dict) else None
+    return (dataset_dir / file_name).resolve() if isinstance(file_name, str) else None
+
+
+def check_replace(dataset_dir: str | Path, info: dict[str, Any], name: str, kind: str | None, force: bool) -> None:
+    """Refuse (unless `force`) to replace an entry qalign did not write, one of another kind, or another's file."""
+    if force:
+        return
+    dataset_dir = Path(dataset_dir)
+    where = dataset_dir / DATASET_INFO
+    existing = info.get(name)
+    if existing is not None:
+        meta = existing.get("qalign") if isinstance(existing, dict) else None
+        if not isinstance(meta, dict):
+            shown = existing.get("file_name", "?") if isinstance(existing, dict) else "?"
+            raise QalignError(
+                f"{where}: dataset '{name}' is already registered and was not written by qalign (file {shown}); "
+                "converting would replace it. Pick another --dataset name, or pass --force to replace it."
+            )
+        if kind is not None and meta.get("kind") != kind:
+            raise QalignError(
+                f"{where}: dataset '{name}' has kind {meta.get('kind')}; writing kind {kind} under that name would "
+                "replace it. Pick another --dataset name, or pass --force to replace it."
+            )
+    target = (dataset_dir / f"data/{name}.json").resolve()
+    for other, entry in info.items():
+        if other != name and _entry_file(dataset_dir, entry) == target:
+            raise QalignError(
+                f"{where}: data/{name}.json is the file of dataset '{other}'; converting '{name}' would overwrite "
+                "it. Pick another --dataset name, or pass --force."
+            )
+
+
+def _probe_writable(folder: Path) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise QalignError(f"{existing}: is a file, not a folder. Pass a folder to --dataset-dir (e.g. .).")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".qalign-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise QalignError(f"{existing}: cannot write there ({exc.strerror or exc}). Pass a writable --dataset-dir, "
+                          "or fix the folder's permissions.") from None
+
+
+def check_target(dataset_dir: str | Path, name: str, kind: str | None = None, force: bool = False) -> None:
+    """Before any input is read: the name is valid, the folder writable, the registry readable, the name free."""
     validate_name(name)
-    info = read_dataset_info(dataset_dir)
-    info[name] = {**entry, "file_name": file_name}
+    dataset_dir = Path(dataset_dir)
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        raise QalignError(f"{dataset_dir}: --dataset-dir is a file, not a folder. Pass the folder that holds (or "
+                          f"will hold) {DATASET_INFO}.")
+    _probe_writable(dataset_dir / "data")
+    check_replace(dataset_dir, read_dataset_info(dataset_dir), name, kind, force)
+
+
+def _write_info(dataset_dir: str | Path, info: dict[str, Any]) -> Path:
     path = Path(dataset_dir) / DATASET_INFO
     # Sorted keys keep the file diff-friendly when several converters add entries.
     atomic_write_text(path, json.dumps(info, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
     return path
 
 
+def register_dataset(dataset_dir: str | Path, name: str, file_name: str, entry: dict[str, Any]) -> Path:
+    """Add or replace `name` in `<dataset_dir>/dataset_info.json` (created if missing; other entries kept; locked)."""
+    validate_name(name)
+    with registry_lock(dataset_dir):
+        info = read_dataset_info(dataset_dir)
+        info[name] = {**entry, "file_name": file_name}
+        return _write_info(dataset_dir, info)
+
+
 def alpaca_entry(kind: str, source: str, rows: int, prompt: str, **extra: Any) -> dict[str, Any]:
     """An alpaca-format registry entry (without file_name) with qalign's provenance block."""
     return {"columns": dict(ALPACA_COLUMNS), "qalign": {"kind": kind, "source": source, "rows": rows,
                                                        "prompt": prompt, **extra}}
-
-
-def _is_eval(kind: str | None) -> bool:
-    return kind == EVAL_KIND
 
 
 def overlapping_questions(
@@ -92,40 +195,15 @@ def overlapping_questions(
     Returns {dataset name: sorted overlapping normalised questions}; datasets whose file cannot be read are
     skipped (this only feeds a warning).
     """
-    wanted = {question_key(q) for q in questions}
-    overlaps: dict[str, list[str]] = {}
-    for other, entry in sorted(read_dataset_info(dataset_dir).items()):
-        meta = entry.get("qalign") if isinstance(entry, dict) else None
-        if other == exclude or not isinstance(meta, dict) or _is_eval(meta.get("kind")) == _is_eval(kind):
-            continue
-        try:
-            theirs = {question_key(row["question"]) for _, row in
-                      iter_json_records(Path(dataset_dir) / entry["file_name"]) if isinstance(row.get("question"), str)}
-        except (QalignError, KeyError, TypeError):
-            continue
-        shared = sorted(wanted & theirs)
-        if shared:
-            overlaps[other] = shared
-    return overlaps
-
-
-def warn_overlaps(name: str, kind: str, overlaps: dict[str, list[str]], stream: TextIO | None = None) -> None:
-    """Print a warning per overlapping dataset: the count and up to 10 of the shared questions."""
-    stream = stream or sys.stderr
-    for other, shared in overlaps.items():
-        other_side = "training" if _is_eval(kind) else "evaluation"
-        print(f"qalign: warning: {len(shared)} question(s) of '{name}' ({kind}) also appear in {other_side} "
-              f"dataset '{other}'; scores on them measure memorisation, not retrieval QA:", file=stream)
-        for question in shared[:_MAX_SHOWN]:
-            print(f"  - {question}", file=stream)
-        if len(shared) > _MAX_SHOWN:
-            print(f"  ... and {len(shared) - _MAX_SHOWN} more", file=stream)
+    return find_overlaps(dataset_dir, read_dataset_info(dataset_dir), questions, kind, exclude)
 
 
 def write_dataset(
-    dataset_dir: str | Path, name: str, rows: list[dict[str, Any]], entry: dict[str, Any], stats: LoadStats
+    dataset_dir: str | Path, name: str, rows: list[dict[str, Any]], entry: dict[str, Any], stats: LoadStats,
+    *, force: bool = False,
 ) -> ConversionResult:
-    """Write rows to `<dataset_dir>/data/<name>.json` (atomic), register it, and warn about train/eval overlap."""
+    """Under the registry lock: check the entry may be replaced, write `<dataset_dir>/data/<name>.json` (atomic),
+    register it; then warn about train/eval overlap."""
     validate_name(name)
     if not rows:
         raise QalignError(
@@ -134,9 +212,14 @@ def write_dataset(
         )
     file_name = f"data/{name}.json"
     path = Path(dataset_dir) / file_name
-    atomic_write_json(path, rows)
-    register_dataset(dataset_dir, name, file_name, entry)
     kind = entry.get("qalign", {}).get("kind", "")
-    overlaps = overlapping_questions(dataset_dir, [row["question"] for row in rows], kind, exclude=name)
+    with registry_lock(dataset_dir):
+        info = read_dataset_info(dataset_dir)
+        check_replace(dataset_dir, info, name, kind, force)
+        atomic_write_json(path, rows)
+        write_sidecar(path, [row["question"] for row in rows if isinstance(row.get("question"), str)])
+        info[name] = {**entry, "file_name": file_name}
+        _write_info(dataset_dir, info)
+    overlaps = find_overlaps(dataset_dir, info, [row["question"] for row in rows], kind, exclude=name)
     warn_overlaps(name, kind, overlaps)
     return ConversionResult(name=name, path=path, rows=len(rows), stats=stats, overlaps=overlaps)

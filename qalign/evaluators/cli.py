@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qalign.errors import QalignError
 from qalign.evaluators.report import build_report
 from qalign.evaluators.scoring import evaluate, format_summary
 from qalign.io import atomic_write_text
@@ -25,6 +26,9 @@ example:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Score one predictions file, print the table, write summary.json and scores.jsonl."""
+    if args.output is not None and args.output.exists() and not args.output.is_dir():
+        raise QalignError(f"{args.output}: --output is a file; pass a folder for summary.json and scores.jsonl "
+                          f"(e.g. {args.output.with_suffix('')}_eval).")
     summary, written = evaluate(args.predictions, args.gold, args.output)
     print(format_summary(summary, title=f"{args.predictions} vs {args.gold}"))
     print("wrote " + ", ".join(str(p) for p in written))
@@ -33,6 +37,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     """Print the comparison table of several evaluated runs, optionally writing it to a file."""
+    if args.output is not None and args.output.is_dir():
+        raise QalignError(f"{args.output}: is a folder; pass a file name for --output "
+                          f"(e.g. {args.output / 'report.md'}).")
     table = build_report(args.run)
     print(table, end="")
     if args.output:

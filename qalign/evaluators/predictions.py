@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qalign.errors import QalignError
+from qalign.evaluators.metrics import normalize_answer
 from qalign.io import iter_json_records
 from qalign.records import load_records
 
@@ -64,14 +66,20 @@ def _is_eval_set_row(record: dict[str, Any]) -> bool:
 def _load_eval_set(path: Path) -> list[GoldRecord]:
     gold: list[GoldRecord] = []
     seen_ids: dict[str, int] = {}
+    unmatchable: list[str] = []
     for line, record in iter_json_records(path):
         where = f"{path}:{line}"
         question = _question(record, where)
         answers = _answers(record, where)
         if not answers:
-            raise QalignError(f"{where}: eval-set row has no `answers`. Re-run `qalign convert` to rebuild it.")
+            raise QalignError(
+                f"{where}: row has no `answers`: this is a training set (alpaca rows keep one target), not gold. "
+                "Build the gold file with `qalign convert eval --input RAW --dataset NAME` and pass data/NAME.json."
+            )
         if record.get("id") in (None, ""):
-            raise QalignError(f"{where}: eval-set row has no `id`. Re-run `qalign convert` to rebuild it.")
+            raise QalignError(f"{where}: eval-set row has no `id`. Rebuild it with `qalign convert eval`.")
+        if not any(normalize_answer(a) for a in answers):
+            unmatchable.append(where)
         rid = str(record["id"])
         if rid in seen_ids:
             raise QalignError(
@@ -79,11 +87,26 @@ def _load_eval_set(path: Path) -> list[GoldRecord]:
             )
         seen_ids[rid] = line
         gold.append(GoldRecord(id=rid, question=question, answers=answers, line=line))
+    if unmatchable:
+        _note(f"{len(unmatchable)} gold question(s) have only aliases that normalise to nothing (e.g. 'the') and "
+              f"can never be matched, e.g. {', '.join(unmatchable[:_MAX_LISTED])}")
     return gold
 
 
+def _note(text: str) -> None:
+    print(f"qalign: note: {text}", file=sys.stderr)
+
+
 def _load_raw(source: str) -> list[GoldRecord]:
-    records, _ = load_records(source)
+    records, stats = load_records(source)
+    dropped = stats.read - stats.kept
+    if dropped:
+        where = f" (skipped e.g. {', '.join(stats.skipped_locations)})" if stats.skipped_locations else ""
+        _note(f"gold {source}: read {stats.read} records, scoring {stats.kept}: {stats.duplicates} duplicate "
+              f"questions dropped, {stats.skipped_no_answer} without answers and {stats.skipped_no_question} without "
+              f"a question skipped{where}")
+    for text in stats.notes():
+        _note(f"gold {source}: {text}")
     ids: set[str] = set()
     for record in records:
         if record.id in ids:
@@ -114,6 +137,7 @@ def load_predictions(path: str | os.PathLike) -> list[Prediction]:
     with_id: int | None = None
     without_id: int | None = None
     seen_ids: dict[str, int] = {}
+    nulls: list[str] = []
     for line, record in iter_json_records(path):
         where = f"{path}:{line}"
         key = next((k for k in _PREDICTION_KEYS if k in record), None)
@@ -124,6 +148,7 @@ def load_predictions(path: str | os.PathLike) -> list[Prediction]:
             )
         text = record[key]
         if text is None:
+            nulls.append(where)
             text = ""
         if not isinstance(text, str):
             raise QalignError(f"{where}: `{key}` must be a string, got {type(text).__name__}.")
@@ -146,6 +171,8 @@ def load_predictions(path: str | os.PathLike) -> list[Prediction]:
         predictions.append(Prediction(text=text, line=line, id=rid, prompt=prompt if isinstance(prompt, str) else None))
     if not predictions:
         raise QalignError(f"{path}: no predictions found. Did `predict` finish?")
+    if nulls:
+        _note(f"{len(nulls)} prediction(s) are null and score as empty answers, e.g. {', '.join(nulls[:_MAX_LISTED])}")
     return predictions
 
 

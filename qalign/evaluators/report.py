@@ -37,6 +37,8 @@ def load_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise QalignError(
             f"{path}:{exc.lineno}: malformed JSON ({exc.msg}). Re-run `qalign eval` to rewrite it."
         ) from None
+    except (ValueError, RecursionError, OSError) as exc:  # bad UTF-8, absurd nesting or numbers, unreadable
+        raise QalignError(f"{path}: cannot read ({type(exc).__name__}). Re-run `qalign eval` to rewrite it.") from None
     if not isinstance(summary, dict):
         raise QalignError(f"{path}:1: expected a JSON object. Re-run `qalign eval` to rewrite it.")
     for key in ("n", *METRICS):

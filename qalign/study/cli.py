@@ -8,6 +8,7 @@ from qalign.study.config import METHODS, load_study
 from qalign.study.plan import build_plan
 from qalign.study.report import write_report
 from qalign.study.runner import run_steps
+from qalign.study.validate import check_study
 
 _EPILOG = """\
 Study file keys: name, model, template, recipes (folder), train, test (raw QA files), top_k, prompt, methods,
@@ -41,6 +42,7 @@ def run_study(args: argparse.Namespace) -> int:
     """Plan, run or resume the steps, write the report; exit 1 when a step failed."""
     cfg = load_study(args.study, args.assignments, seeds=args.seeds, methods=args.methods, output=args.output,
                      cot_teacher=args.cot_teacher)
+    check_study(cfg)  # paths, prompts, keys and types: a dry run checks what a real run needs
     steps = build_plan(cfg)
     print(f"study {cfg.name}: {len(steps)} steps, methods {', '.join(cfg.methods)}, seeds "
           f"{', '.join(map(str, cfg.seeds))}; output {cfg.output}", flush=True)

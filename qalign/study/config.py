@@ -111,6 +111,27 @@ def _int_list(value: Any, key: str, where: str) -> list[int]:
     return out
 
 
+def _number(value: Any, key: str, where: str, kind: type, low: float | None = None, high: float | None = None,
+            *, optional: bool = False, open_range: bool = False) -> Any:
+    """`value` as int/float within [low, high] ((low, high) with open_range); None when optional."""
+    if value is None and optional:
+        return None
+    try:
+        ok = not isinstance(value, bool) and (kind is float or float(value).is_integer())
+        number = kind(value) if ok else None
+    except (TypeError, ValueError):
+        number = None
+    inside = number is not None and (low is None or (number > low if open_range else number >= low)) and (
+        high is None or (number < high if open_range else number <= high))
+    if not inside:
+        what = "an integer" if kind is int else "a number"
+        bounds = ("" if low is None else f" {'>' if open_range else '>='} {low}") + (
+            "" if high is None else f" and {'<' if open_range else '<='} {high}")
+        none = " (or null)" if optional else ""
+        raise QalignError(f"{where}: `{key}` must be {what}{bounds}{none}, got {value!r}.")
+    return number
+
+
 def _from_sft(value: Any, methods: list[str], where: str) -> list[str]:
     """`from_sft`: the preference methods that mine from and continue the SFT run of the same seed."""
     chosen = [str(m).lower() for m in (value if isinstance(value, list) else [value] if value else [])]
@@ -154,19 +175,26 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
             raise QalignError(f"{where}: overrides.{method}: not a method; use one of {', '.join(METHODS)}, base.")
         overrides[method] = _mapping(value, f"overrides.{method}", where)
     boot = _mapping(merged["bootstrap"], "bootstrap", where)
+    stray = sorted(set(boot) - {"samples", "seed", "level"})
+    if stray:
+        raise QalignError(f"{where}: bootstrap: unknown key(s) {', '.join(stray)}; known: samples, seed, level.")
     from_sft = _from_sft(merged["from_sft"], methods, where)
     teacher = merged["cot_teacher"]
     return StudyConfig(
         name=name, model=str(merged["model"]), template=str(merged["template"]),
         recipes=_resolve(str(merged["recipes"])), train=str(merged["train"]),
         test=str(merged["test"]), output=Path(merged["output"] or f"reports/{name}"), source=source,
-        top_k=int(merged["top_k"]), prompt=str(merged["prompt"]), methods=list(dict.fromkeys(methods)),
+        top_k=_number(merged["top_k"], "top_k", where, int, 0), prompt=str(merged["prompt"]),
+        methods=list(dict.fromkeys(methods)),
         seeds=list(dict.fromkeys(_int_list(merged["seeds"], "seeds", where))),
         cot_teacher=str(_resolve(str(teacher))) if teacher else None,
-        cot_prompt=str(merged["cot_prompt"]), cot_min_f1=float(merged["cot_min_f1"]),
-        train_limit=merged["train_limit"], test_limit=merged["test_limit"],
-        bootstrap_samples=int(boot.get("samples", 1000)), bootstrap_seed=int(boot.get("seed", 0)),
-        level=float(boot.get("level", 0.95)),
+        cot_prompt=str(merged["cot_prompt"]),
+        cot_min_f1=_number(merged["cot_min_f1"], "cot_min_f1", where, float, 0, 1),
+        train_limit=_number(merged["train_limit"], "train_limit", where, int, 1, optional=True),
+        test_limit=_number(merged["test_limit"], "test_limit", where, int, 1, optional=True),
+        bootstrap_samples=_number(boot.get("samples", 1000), "bootstrap.samples", where, int, 1),
+        bootstrap_seed=_number(boot.get("seed", 0), "bootstrap.seed", where, int, 0),
+        level=_number(boot.get("level", 0.95), "bootstrap.level", where, float, 0, 1, open_range=True),
         train_args=_mapping(merged["train_args"], "train_args", where),
         predict_args=_mapping(merged["predict_args"], "predict_args", where),
         mining_args=_mapping(merged["mining_args"], "mining_args", where), overrides=overrides,

@@ -1,0 +1,251 @@
+"""Checks of `qalign train RECIPE key=value ...` before anything heavy runs.
+
+Two passes, both before a model or dataset is loaded:
+
+1. `check_recipe_argv` (no heavy import, milliseconds): the recipe is an existing YAML/JSON file that parses, every
+   override is `key=value` with a value that parses (LLaMA-Factory merges them with OmegaConf, and so do we).
+2. `check_train_config` (after `llamafactory.hparams` is imported, which the run needs anyway): every key is one
+   LLaMA-Factory (or, under `stage: grpo`, qalign's GRPO stage) knows, every value has its field's type, local
+   paths exist, datasets are registered in `dataset_dir/dataset_info.json`.
+
+LLaMA-Factory's `dataset_dir` defaults to `data/`; qalign keeps the registry at the top level, so a recipe without
+`dataset_dir` gets `dataset_dir=.` when `data/dataset_info.json` does not exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from qalign.errors import QalignError
+
+RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
+RECIPE_COMMANDS = ("train", "chat", "export", "api", "webchat")  # LLaMA-Factory commands that read a recipe
+_BOOL_TEXT = {"true", "false", "yes", "no", "1", "0"}
+_PATH_KEYS = ("model_name_or_path", "adapter_name_or_path", "resume_from_checkpoint", "deepspeed")
+_DATASET_KEYS = ("dataset", "eval_dataset")
+
+
+def _merge(recipe: Path, overrides: list[str]) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    try:
+        base = OmegaConf.load(recipe) if recipe.suffix != ".json" else OmegaConf.create(json.loads(recipe.read_text()))
+    except Exception as exc:  # omegaconf/yaml/json each raise their own types; all mean "does not parse"
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else getattr(exc, "lineno", 1)
+        raise QalignError(f"{recipe}:{line}: the recipe does not parse ({str(exc).splitlines()[0]}). Fix that "
+                          "line (recipes are YAML mappings of key: value).") from None
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            raise QalignError(f"override {item!r}: expected key=value (e.g. max_steps=20).")
+        try:
+            OmegaConf.from_cli([item])
+        except Exception as exc:
+            raise QalignError(f"override {item!r}: the value does not parse ({str(exc).splitlines()[0]}). Quote it "
+                              f"for a string (e.g. '{key}=\"...\"'), or fix the brackets of a list.") from None
+    merged = OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.from_cli(overrides)))
+    if not isinstance(merged, dict):
+        raise QalignError(f"{recipe}:1: expected a mapping of key: value, got {type(merged).__name__}.")
+    return merged
+
+
+def check_recipe_argv(argv: list[str], cwd: Path | None = None) -> tuple[list[str], dict[str, Any] | None]:
+    """Cheap checks of `RECIPE key=value ...`; returns the argv to run (maybe with dataset_dir=.) and the config.
+
+    An argv that does not start with a recipe (e.g. `--stage sft ...`) is returned unchanged, with config None.
+    """
+    if not argv or argv[0].startswith("-"):
+        return argv, None
+    recipe = Path(argv[0])
+    if not recipe.name.endswith(RECIPE_SUFFIXES):
+        raise QalignError(f"{recipe}: not a recipe file; pass a .yaml recipe first, e.g. "
+                          "`qalign train recipes/smollm2-135m/sft.yaml max_steps=20`.")
+    if recipe.is_dir():
+        raise QalignError(f"{recipe}: is a folder; pass the recipe file inside it (e.g. {recipe / 'sft.yaml'}).")
+    if not recipe.is_file():
+        near = sorted(p.name for p in recipe.parent.glob("*.yaml")) if recipe.parent.is_dir() else []
+        hint = f" Recipes in {recipe.parent}: {', '.join(near)}." if near else ""
+        raise QalignError(f"{recipe}: recipe not found.{hint}")
+    config = _merge(recipe, argv[1:])
+    cwd = cwd or Path.cwd()
+    if any(config.get(k) for k in _DATASET_KEYS) and "dataset_dir" not in config \
+            and not (cwd / "data" / "dataset_info.json").is_file():
+        argv = [*argv, "dataset_dir=."]
+        config["dataset_dir"] = "."
+    return _resolve_resume(argv, config), config
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """`checkpoint-N` folders that finished saving (the Trainer writes trainer_state.json last), by step."""
+    found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
+    return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name.split("-")[1]))
+
+
+def _resolve_resume(argv: list[str], config: dict[str, Any]) -> list[str]:
+    """`resume_from_checkpoint=true` -> the last *complete* checkpoint (a kill while saving leaves a partial one,
+    which the Trainer's own lookup would pick); an explicit partial checkpoint is an error."""
+    value = config.get("resume_from_checkpoint")
+    if value in (None, False) or str(value).lower() in ("false", "none", "null", ""):
+        return argv
+    output_dir = Path(str(config.get("output_dir") or "."))
+    complete = complete_checkpoints(output_dir)
+    if value is True or str(value).lower() in ("true", "last"):
+        if not complete:
+            raise QalignError(f"resume_from_checkpoint=true: no complete checkpoint-N (with trainer_state.json) in "
+                              f"{output_dir}. Drop resume_from_checkpoint to start afresh, or set save_steps.")
+        target = complete[-1]
+        print(f"qalign: resuming from {target} (the last complete checkpoint)", file=sys.stderr, flush=True)
+        config["resume_from_checkpoint"] = str(target)
+        return [*argv, f"resume_from_checkpoint={target}"]
+    path = Path(str(value))
+    if path.is_dir() and path.name.startswith("checkpoint-") and not (path / "trainer_state.json").is_file():
+        last = f"; the last complete one is {complete[-1]}" if complete else ""
+        raise QalignError(f"resume_from_checkpoint={path}: this checkpoint is incomplete (no trainer_state.json; the "
+                          f"run was killed while saving it){last}. Resume from that, or pass resume_from_checkpoint="
+                          "true.")
+    return argv
+
+
+def accepts(tp: Any, value: Any) -> bool:
+    """Whether `value` (as OmegaConf parsed it) fits the dataclass field type `tp`; lenient where unsure."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(accepts(arg, value) for arg in get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is Literal:
+        return value in get_args(tp)
+    if value is None:
+        return tp not in (int, float, bool)
+    if tp is bool:
+        return isinstance(value, bool) or (isinstance(value, str) and value.lower() in _BOOL_TEXT)
+    if tp in (int, float):
+        if isinstance(value, bool):
+            return False
+        try:
+            tp(value)
+        except (TypeError, ValueError):
+            return False
+        return tp is float or not isinstance(value, float) or value.is_integer()
+    if tp is str:
+        return isinstance(value, str | int | float)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return isinstance(value, str) and value in {str(member.value) for member in tp}
+    if tp in (list, tuple) or origin in (list, tuple):
+        return isinstance(value, list | tuple | str)
+    if tp is dict or origin is dict:
+        return isinstance(value, dict | str)
+    return True  # other types (configs, paths): LLaMA-Factory checks them itself
+
+
+def type_name(tp: Any) -> str:
+    """`int`, `Literal['a', 'b']`, ... for messages."""
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def llamafactory_fields() -> dict[str, Any]:
+    """{key: type} of every key `llamafactory-cli train` accepts (model, data, training, finetuning, generation)."""
+    from llamafactory.hparams import (
+        DataArguments,
+        FinetuningArguments,
+        GeneratingArguments,
+        ModelArguments,
+        TrainingArguments,
+    )
+
+    fields: dict[str, Any] = {}
+    for cls in (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments, GeneratingArguments):
+        hints = get_type_hints(cls)
+        fields.update({f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init})
+    return fields
+
+
+def grpo_fields() -> dict[str, Any]:
+    """{key: type} of the GRPO stage's keys (reward lists may also be YAML lists)."""
+    from qalign.grpo.args import GRPOArguments
+
+    hints = get_type_hints(GRPOArguments)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(GRPOArguments) if f.init}
+    return {**fields, "reward_funcs": str | list | None, "reward_weights": str | list | None}
+
+
+def _grpo_problems(config: dict[str, Any]) -> tuple[set[str], list[str]]:
+    """The GRPO keys of `config` and what GRPOArguments (qalign's own parser of them) says is wrong."""
+    from qalign.grpo.args import parse_grpo_args, split_grpo_args
+
+    _, grpo = split_grpo_args(config)
+    try:
+        parse_grpo_args(grpo)
+    except (TypeError, ValueError) as exc:
+        return set(grpo), [str(exc)]
+    return set(grpo), []
+
+
+def _check_datasets(config: dict[str, Any], recipe: str) -> None:
+    names = [n.strip() for key in _DATASET_KEYS for n in str(config.get(key) or "").split(",") if n.strip()]
+    if not names:
+        return
+    if str(config.get("dataset_dir")) == "ONLINE":  # LLaMA-Factory then reads the names as Hub ids
+        return
+    folder = Path(str(config.get("dataset_dir") or "data"))
+    info_path = folder / "dataset_info.json"
+    if not info_path.is_file():
+        raise QalignError(f"{recipe}: dataset_dir {folder} has no dataset_info.json. Run `qalign convert ...` there "
+                          "first, or set dataset_dir to the folder that holds it.")
+    try:
+        registered = json.loads(info_path.read_text(encoding="utf-8-sig"))
+    except (ValueError, OSError):
+        return  # the converters report a broken registry with its line; LLaMA-Factory will fail on it too
+    missing = [name for name in names if name not in registered]
+    if missing:
+        raise QalignError(f"{recipe}: dataset(s) {', '.join(missing)} not registered in {info_path} (registered: "
+                          f"{', '.join(sorted(registered)) or 'none'}). Convert them first, or fix the name.")
+
+
+def looks_local(value: str) -> bool:
+    """A path rather than a Hub id: explicit (/, ./, ~), or its first folder exists here (models/x, saves/y)."""
+    if value.startswith(("/", "./", "../", "~")):
+        return True
+    return Path(value.split("/", 1)[0]).is_dir() if "/" in value else False
+
+
+def check_train_config(config: dict[str, Any], recipe: str) -> None:
+    """Known keys, typed values, existing local paths and registered datasets; a QalignError names the fix."""
+    from qalign.register import register_all
+
+    register_all()  # `stage: grpo` becomes a valid stage
+    fields = llamafactory_fields()
+    grpo_keys, problems = _grpo_problems(config) if str(config.get("stage")) == "grpo" else (set(), [])
+    extra_ok = os.environ.get("ALLOW_EXTRA_ARGS", "").lower() in ("1", "true", "y")  # LLaMA-Factory's own switch
+    for key, value in config.items():
+        if key in grpo_keys:
+            continue
+        if key not in fields:
+            if extra_ok:
+                continue
+            close = difflib.get_close_matches(key, fields, n=1)
+            problems.append(f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        elif not accepts(fields[key], value):
+            hint = " (a mapping: quote values holding ': ')" if isinstance(value, dict) else ""
+            problems.append(f"{key}={value!r} is not of type {type_name(fields[key])}{hint}")
+    for key in _PATH_KEYS:
+        value = config.get(key)
+        if isinstance(value, str) and value and looks_local(value):
+            for part in value.split(","):
+                if not Path(part.strip()).expanduser().exists():
+                    problems.append(f"{key}: {part.strip()} does not exist")
+    if problems:
+        raise QalignError(f"{recipe} (with the overrides): " + "; ".join(problems) + ". Fix the recipe or the "
+                          "key=value overrides.")
+    _check_datasets(config, recipe)

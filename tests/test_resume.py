@@ -1,0 +1,103 @@
+"""Issue 15 Deliver 4: `qalign train` killed with SIGKILL mid-run, rerun with `resume_from_checkpoint=true`, reaches
+the same final step with the same final loss as an uninterrupted run (CPU, tiny Qwen3, fixed seed), for SFT and
+for the GRPO stage; a checkpoint the kill left half-written is skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qalign.errors import QalignError
+from qalign.train_args import check_recipe_argv, complete_checkpoints
+from tests.conftest import REPO
+from tests.test_grpo import _write_dataset
+from tests.test_pipeline_tiny import _write_raw
+
+QALIGN = [sys.executable, "-m", "qalign.cli", "train"]
+STEPS, SAVE, KILL_AFTER = 6, 2, 2
+
+
+def _final(out: Path) -> dict:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = [row for row in history if "loss" in row]
+    return {"step": logged[-1]["step"], "loss": logged[-1]["loss"], "reward": logged[-1].get("reward")}
+
+
+def _train(args: list[str], cwd: Path) -> None:
+    result = subprocess.run([*QALIGN, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"qalign train failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def _kill_after_checkpoint(args: list[str], cwd: Path, out: Path, step: int) -> None:
+    proc = subprocess.Popen([*QALIGN, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / f"checkpoint-{step}" / "trainer_state.json").is_file():
+        assert proc.poll() is None, "training ended before the kill"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / f"checkpoint-{STEPS}").exists(), "killed too late to test a resume"
+
+
+def _resume_matches(args: list[str], cwd: Path) -> tuple[dict, dict]:
+    common = [args[0], f"max_steps={STEPS}", "save_strategy=steps", f"save_steps={SAVE}", "logging_steps=1", "seed=7",
+              "use_cpu=true", "report_to=none", "overwrite_output_dir=false", *args[1:]]
+    _train([*common, "output_dir=out/full"], cwd)
+    out = cwd / "out/killed"
+    _kill_after_checkpoint([*common, "output_dir=out/killed"], cwd, out, KILL_AFTER)
+    partial = out / f"checkpoint-{KILL_AFTER + SAVE}"  # what a kill during the next save leaves behind
+    partial.mkdir(exist_ok=True)
+    (partial / "adapter_model.safetensors").write_bytes(b"")
+    _train([*common, "output_dir=out/killed", "resume_from_checkpoint=true"], cwd)
+    return _final(cwd / "out/full"), _final(out)
+
+
+def test_sft_resumes_after_sigkill(tiny_qwen3: Path, tmp_path: Path) -> None:
+    _write_raw(tmp_path / "train.jsonl", 24)
+    subprocess.run([sys.executable, "-m", "qalign.cli", "convert", "alpaca", "--input", "train.jsonl",
+                    "--dataset", "t_train"], cwd=tmp_path, check=True, capture_output=True)
+    full, resumed = _resume_matches([str(REPO / "recipes/smollm2-135m/sft.yaml"), f"model_name_or_path={tiny_qwen3}",
+                                     "template=qwen3_nothink", "dataset=t_train", "cutoff_len=128",
+                                     "per_device_train_batch_size=2", "learning_rate=1e-2"], tmp_path)
+    assert resumed["step"] == full["step"] == STEPS
+    assert abs(resumed["loss"] - full["loss"]) <= 1e-3, (full, resumed)
+    print(f"SFT resume: step {resumed['step']}, |loss diff| {abs(resumed['loss'] - full['loss']):.2e}")
+
+
+def test_grpo_resumes_after_sigkill(tiny_qwen3: Path, tmp_path: Path) -> None:
+    _write_dataset(tmp_path)
+    full, resumed = _resume_matches([str(REPO / "recipes/smollm2-135m/grpo.yaml"), f"model_name_or_path={tiny_qwen3}",
+                                     "template=qwen3_nothink", "dataset=t_grpo", "cutoff_len=128",
+                                     "num_generations=4", "per_device_train_batch_size=4",
+                                     "max_completion_length=8", "learning_rate=1e-2"], tmp_path)
+    assert resumed["step"] == full["step"] == STEPS
+    assert abs(resumed["loss"] - full["loss"]) <= 1e-3, (full, resumed)
+    assert resumed["reward"] == pytest.approx(full["reward"], abs=1e-3)
+    print(f"GRPO resume: step {resumed['step']}, |loss diff| {abs(resumed['loss'] - full['loss']):.2e}, "
+          f"|reward diff| {abs(resumed['reward'] - full['reward']):.2e}")
+
+
+def test_resume_picks_the_last_complete_checkpoint(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"stage: sft\noutput_dir: {tmp_path / 'out'}\n")
+    for step, complete in ((2, True), (4, True), (6, False), (10, False)):
+        (tmp_path / f"out/checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (tmp_path / f"out/checkpoint-{step}/trainer_state.json").write_text("{}")
+    assert [p.name for p in complete_checkpoints(tmp_path / "out")] == ["checkpoint-2", "checkpoint-4"]
+    argv, config = check_recipe_argv([str(recipe), "resume_from_checkpoint=true"])
+    assert config["resume_from_checkpoint"] == str(tmp_path / "out/checkpoint-4")
+    assert argv[-1] == f"resume_from_checkpoint={tmp_path / 'out/checkpoint-4'}"
+    with pytest.raises(QalignError, match="checkpoint-6: this checkpoint is incomplete .*last complete one is"):
+        check_recipe_argv([str(recipe), f"resume_from_checkpoint={tmp_path / 'out/checkpoint-6'}"])
+    with pytest.raises(QalignError, match="no complete checkpoint-N"):
+        check_recipe_argv([str(recipe), "resume_from_checkpoint=true", f"output_dir={tmp_path / 'none'}"])
