@@ -30,21 +30,18 @@ TRAIN_ARGS ?=
 PREDICT_ARGS ?=
 METHODS    ?= base sft dpo orpo kto grpo
 
-# preference data (DPO/ORPO/KTO) is mined from the model's own samples. PREF_FROM=base trains from the base model;
-# PREF_FROM=sft mines from the SFT adapter and continues it (run `make sft` first)
+# preference data (DPO/ORPO/KTO) is mined from the base model's own samples; DPO/ORPO/KTO (and GRPO) continuing
+# an SFT run are a study setting: `make study PREF_FROM=sft` (qalign/study/plan.py is the one place that spells it)
 PREF_FROM   ?= base
-PREF_SET    ?= nq_pref$(if $(filter sft,$(PREF_FROM)),_sft)
-KTO_SET     ?= nq_kto$(if $(filter sft,$(PREF_FROM)),_sft)
+PREF_SET    ?= nq_pref
+KTO_SET     ?= nq_kto
 NUM_SAMPLES ?= 4
 PREF_LIMIT  ?= $(or $(TRAIN_LIMIT),30)
 PREF_STEPS  ?= 15
-TEMPLATE    ?= $(shell sed -n 's/^template: *//p' $(RECIPES)/sft.yaml)
+TEMPLATE    ?= $(shell $(BIN)/python -c "import yaml; print(yaml.safe_load(open('$(RECIPES)/sft.yaml'))['template'])")
 MINE_ARGS   ?=
 # the study's spelling of PREF_FROM=sft (a variable: a comma inside $(if ...) would split it)
 STUDY_FROM_SFT = 'from_sft=[dpo,orpo,kto]'
-PREF_ADAPTER = $(if $(filter sft,$(PREF_FROM)),$(OUT)/sft)
-# from SFT: continue its adapter; DPO/KTO's reference is base + the same adapter (ORPO has none and ignores it)
-PREF_START   = $(if $(PREF_ADAPTER),adapter_name_or_path=$(PREF_ADAPTER) ref_model=$(MODEL) ref_model_adapters=$(PREF_ADAPTER))
 
 # GRPO: prompts + all aliases (an eval-style set made from the train file); the batch holds whole groups
 GRPO_SET   ?= nq_grpo
@@ -54,9 +51,17 @@ SWEEP_ARGS ?=
 
 # the method comparison (recipes/<model>/study.yaml); MODEL / NQ given on the command line override the study file's
 STUDY      ?= $(RECIPES)/study.yaml
+# the main job: the same study as a CPU-sized smoke run of the bundled sample (recipes/<model>/pipeline.yaml)
+PIPELINE   ?= $(or $(wildcard $(RECIPES)/pipeline.yaml),$(STUDY))
 SEEDS      ?=
 STUDY_METHODS ?=
 STUDY_ARGS ?=
+# `qalign study FILE` with the command line's MODEL / NQ / PREF_FROM / SEEDS / STUDY_METHODS / STUDY_ARGS
+run_study = $(QALIGN) study $(1) \
+	$(if $(filter command line,$(origin MODEL)),model=$(MODEL)) \
+	$(if $(filter command line,$(origin NQ)),train=$(NQ) test=$(NQ_DEV)) \
+	$(if $(filter sft,$(PREF_FROM)),$(STUDY_FROM_SFT)) \
+	$(STUDY_ARGS) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STUDY_METHODS),--methods $(STUDY_METHODS))
 
 .PHONY: help install test test-fast lint sample model data sft pref-data dpo orpo kto grpo-data grpo grpo-sweep predict eval report pipeline study demo webui clean
 
@@ -104,7 +109,7 @@ sft:
 		max_steps=$(MAX_STEPS) per_device_train_batch_size=$(BATCH) $(TRAIN_ARGS)
 
 pref-data:
-	$(QALIGN) convert preference --model $(MODEL) $(if $(PREF_ADAPTER),--adapter $(PREF_ADAPTER)) --template $(TEMPLATE) \
+	$(QALIGN) convert preference --model $(MODEL) --template $(TEMPLATE) \
 		--input $(NQ) --dataset $(PREF_SET) --top-k $(TOP_K) --prompt $(PROMPT) --num-samples $(NUM_SAMPLES) \
 		$(if $(PREF_LIMIT),--limit $(PREF_LIMIT)) $(MINE_ARGS)
 	$(QALIGN) convert kto --input $(NQ) --dataset $(KTO_SET) --top-k $(TOP_K) --prompt $(PROMPT) \
@@ -112,7 +117,7 @@ pref-data:
 
 dpo orpo kto:
 	$(QALIGN) train $(RECIPES)/$@.yaml model_name_or_path=$(MODEL) dataset=$(if $(filter kto,$@),$(KTO_SET),$(PREF_SET)) \
-		output_dir=$(OUT)/$@ max_steps=$(PREF_STEPS) per_device_train_batch_size=$(BATCH) $(PREF_START) $(TRAIN_ARGS)
+		output_dir=$(OUT)/$@ max_steps=$(PREF_STEPS) per_device_train_batch_size=$(BATCH) $(TRAIN_ARGS)
 
 grpo-data:
 	$(QALIGN) convert eval --input $(NQ) --dataset $(GRPO_SET) --top-k $(TOP_K) --prompt $(PROMPT) $(if $(TRAIN_LIMIT),--limit $(TRAIN_LIMIT))
@@ -145,16 +150,14 @@ eval:
 report:
 	$(QALIGN) report $(foreach m,$(METHODS),--run $(m)=$(OUT)/eval-$(m)) --output $(OUT)/report.md
 
-# the main job: model -> convert -> SFT, DPO, ORPO, KTO, GRPO -> predict base and each -> eval -> one table
-pipeline: model data sft pref-data dpo orpo kto grpo predict eval report
+# the main job: base + SFT, DPO, ORPO, KTO, GRPO on the bundled sample as one resumable study with intervals
+# -> reports/pipeline/report.md (recipes/<model>/pipeline.yaml: CPU-sized; `make study` for the full settings)
+pipeline: $(if $(filter smollm2-135m,$(MODEL_NAME)),model)
+	$(call run_study,$(PIPELINE))
 
 # base + every method on the test set, bootstrap CIs, plots -> reports/NAME/report.md (resumable)
 study: $(if $(filter smollm2-135m,$(MODEL_NAME)),model)
-	$(QALIGN) study $(STUDY) \
-		$(if $(filter command line,$(origin MODEL)),model=$(MODEL)) \
-		$(if $(filter command line,$(origin NQ)),train=$(NQ) test=$(NQ_DEV)) \
-		$(if $(filter sft,$(PREF_FROM)),$(STUDY_FROM_SFT)) \
-		$(STUDY_ARGS) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STUDY_METHODS),--methods $(STUDY_METHODS))
+	$(call run_study,$(STUDY))
 
 webui:
 	$(QALIGN) webui
@@ -170,4 +173,4 @@ demo:
 		-- --recipe $(RECIPES)/predict.yaml --model $(MODEL) --outputs $(OUT) $(DEMO_ARGS)
 
 clean:
-	rm -rf outputs data/*.json dataset_info.json
+	rm -rf outputs data/*.json data/*.json.qkeys data/*.samples.jsonl dataset_info.json .dataset_info.json.lock

@@ -50,6 +50,11 @@ def apply_dotlist(spec: dict[str, Any], assignments: Iterable[str]) -> dict[str,
         if not sep or not key:
             raise QalignError(f"override {assignment!r}: expected KEY=VALUE, e.g. overrides.sft.max_steps=10.")
         _check_path(OmegaConf.to_container(config, resolve=False), key, assignment)
-        value = OmegaConf.select(OmegaConf.from_dotlist([assignment]), key)
+        try:
+            value = OmegaConf.select(OmegaConf.from_dotlist([assignment]), key)
+        except Exception as exc:  # OmegaConf hands the text to YAML: a yaml.YAMLError (or its own error)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise QalignError(f"override {assignment!r}: the value is not valid YAML ({first}). Quote it for a "
+                              f"string, e.g. '{key}=\"...\"'.") from None
         OmegaConf.update(config, key, value, merge=False)
     return OmegaConf.to_container(config, resolve=False)

@@ -150,7 +150,10 @@ def accepts(tp: Any, value: Any) -> bool:
 
 
 def type_name(tp: Any) -> str:
-    """`int`, `Literal['a', 'b']`, ... for messages."""
+    """`int`, `int or null`, `Literal['a', 'b']`, ... for messages."""
+    args = get_args(tp)
+    if type(None) in args and len(args) == 2:  # Optional[X] / X | None
+        return f"{type_name(next(a for a in args if a is not type(None)))} or null"
     return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
 
 

@@ -100,6 +100,7 @@ def _agree(cwd: Path, common: list[str], engine_extra: list[str]) -> list[dict]:
     return qa
 
 
+@pytest.mark.slow
 def test_predict_matches_do_predict_on_tiny_qwen3(tiny_qwen3: Path, tmp_path: Path) -> None:
     _write_raw(tmp_path / "dev.jsonl", 11)
     _qalign("convert", "eval", "--input", "dev.jsonl", "--dataset", "t_dev", cwd=tmp_path)
@@ -115,6 +116,7 @@ def test_predict_matches_do_predict_on_tiny_qwen3(tiny_qwen3: Path, tmp_path: Pa
     assert json.loads((tmp_path / "out/eval/summary.json").read_text())["n"] == 11
 
 
+@pytest.mark.slow
 def test_predict_matches_do_predict_on_the_sample_with_smollm2(smollm2: Path, tmp_path: Path) -> None:
     _qalign("convert", "eval", "--input", str(REPO / "data/sample/nq-sample.dev.jsonl"), "--dataset", "s_dev",
             "--top-k", "1", "--limit", "8", cwd=tmp_path)

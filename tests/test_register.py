@@ -84,7 +84,7 @@ def test_grpo_keys_types_defaults_and_help_come_from_trl() -> None:
 
     trl = {f.name: f for f in dataclasses.fields(GRPOConfig)}
     ours = {f.name: f for f in dataclasses.fields(GRPOArguments)}
-    assert set(ours) == {*TRL_FIELDS, "reward_funcs"} and len(TRL_FIELDS) == 28
+    assert set(ours) == {*TRL_FIELDS, "reward_funcs"} and len(TRL_FIELDS) == 29
     for name in TRL_FIELDS:
         assert GRPO_DEFAULTS[name] == QALIGN_DEFAULTS.get(name, trl[name].default), name
         assert ours[name].metadata["help"] == trl[name].metadata["help"], name

@@ -23,13 +23,13 @@ from typing import Any
 from qalign.converters.overlap import EVAL_KIND, find_overlaps, warn_overlaps, write_sidecar
 from qalign.errors import QalignError
 from qalign.io import atomic_write_json, atomic_write_text
+from qalign.paths import DATASET_INFO, dataset_file, dataset_file_name
 from qalign.records import LoadStats
 
 __all__ = ["EVAL_KIND", "DATASET_INFO", "ConversionResult", "check_target", "overlapping_questions",
            "read_dataset_info", "register_dataset", "registry_lock", "validate_name", "warn_overlaps",
            "write_dataset"]
 
-DATASET_INFO = "dataset_info.json"
 LOCK_FILE = ".dataset_info.json.lock"
 LOCK_TIMEOUT_S = 600.0
 MAX_NAME = 200  # file names are NAME + suffixes such as ".samples.jsonl" and temp parts; most filesystems cap at 255
@@ -130,7 +130,7 @@ def check_replace(dataset_dir: str | Path, info: dict[str, Any], name: str, kind
                 f"{where}: dataset '{name}' has kind {meta.get('kind')}; writing kind {kind} under that name would "
                 "replace it. Pick another --dataset name, or pass --force to replace it."
             )
-    target = (dataset_dir / f"data/{name}.json").resolve()
+    target = dataset_file(name, dataset_dir).resolve()
     for other, entry in info.items():
         if other != name and _entry_file(dataset_dir, entry) == target:
             raise QalignError(
@@ -210,8 +210,8 @@ def write_dataset(
             f"{stats.source}: no usable records (read {stats.read}, {stats.skipped_no_answer} without answers, "
             f"{stats.skipped_no_question} without a question, {stats.duplicates} duplicates). Check the input format."
         )
-    file_name = f"data/{name}.json"
-    path = Path(dataset_dir) / file_name
+    file_name = dataset_file_name(name)
+    path = dataset_file(name, dataset_dir)
     kind = entry.get("qalign", {}).get("kind", "")
     with registry_lock(dataset_dir):
         info = read_dataset_info(dataset_dir)

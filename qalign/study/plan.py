@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from qalign.overrides import override_args, override_value
+from qalign.paths import dataset_file, samples_file
 from qalign.study.config import StudyConfig
 
 # Only these keys of `mining_args` reach `qalign convert preference|kto`, as --dashed-options.
@@ -62,7 +63,7 @@ def _convert(cfg: StudyConfig, fmt: str, source: str, what: str, limit: int | No
     """`qalign convert FMT` into the study-namespaced dataset `<name>_<what>`."""
     argv = ["convert", fmt, "--input", source, "--dataset", cfg.dataset(what), "--top-k", str(cfg.top_k),
             *prompt, *(["--limit", str(limit)] if limit else []), *extra]
-    return Step(f"data {what}", argv, Path("data") / f"{cfg.dataset(what)}.json", check=_converter_check(fmt))
+    return Step(f"data {what}", argv, dataset_file(cfg.dataset(what)), check=_converter_check(fmt))
 
 
 def _used_by(cfg: StudyConfig, step: Step, *users: str) -> Step:
@@ -77,7 +78,7 @@ def _mined_steps(cfg: StudyConfig, methods: set[str], suffix: str, adapter: Path
     """DPO/ORPO pairs and KTO labels from the model's own samples (drawn once, shared by both through one cache);
     with `adapter`, sampled from the model + that LoRA adapter. Datasets `<name>_pref<suffix>`, `<name>_kto<suffix>`."""
     mining = ["--model", cfg.model, "--template", cfg.template,
-              "--samples", str(Path("data") / f"{cfg.name}_samples{suffix}.jsonl")]
+              "--samples", str(samples_file(f"{cfg.name}{suffix}"))]  # one cache shared by pref and kto
     if adapter is not None:
         mining += ["--adapter", str(adapter)]
     for key in _MINING_KEYS:
@@ -133,7 +134,7 @@ def _predict_eval(cfg: StudyConfig, run: str, method: str, adapter: Path | None,
         Step(f"predict {run}", ["predict", str(recipe), *override_args(base_args, cfg.predict_args, predict_over)],
              predictions, (*needs, f"data {test}"), run, _file_check(recipe, "the predict recipe")),
         Step(f"eval {run}", ["eval", "--predictions", str(predictions), "--gold",
-                             str(Path("data") / f"{cfg.dataset(test)}.json"), "--output", str(folder / "eval")],
+                             str(dataset_file(cfg.dataset(test))), "--output", str(folder / "eval")],
              folder / "eval" / "summary.json", (f"predict {run}",), run),
     ]
 
