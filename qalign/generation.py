@@ -6,8 +6,8 @@ What makes it fast without vLLM (bench/RESULTS.md has the measurements):
   whose cost per step hardly depends on the row count;
 - N samples of one prompt share its prefill: the prompt runs once and its KV cache is copied to the N rows;
 - the model is loaded once per command, not once per batch or per call.
-A batch that runs out of GPU memory is split in halves and retried, and the budget is lowered for the rest of
-the run, so a too-large setting costs time, never rows.
+A batch that runs out of GPU memory makes the engine halve its budget and re-plan the prompts not yet done, so a
+too-large setting costs a retry, never rows.
 """
 
 from __future__ import annotations
@@ -122,16 +122,19 @@ class BatchGenerator:
                 try:
                     outputs = self._batch([prompts[i] for i in batch], batch, generation, copies, processors)
                 except _OutOfMemory as oom:
-                    pending = self._split(batch, oom, lengths, new_tokens, copies) + pending
+                    self._lower_budget(batch, oom, lengths, new_tokens, copies)
+                    remaining = batch + [index for later in pending for index in later]
+                    pending = [[remaining[j] for j in part] for part in plan_batches(
+                        [lengths[i] for i in remaining], new_tokens, self.tokens, self.limits.rows, copies)]
                     continue
                 for position, index in enumerate(batch):
                     results[index] = outputs[position * copies:(position + 1) * copies]
                 bar.update(len(batch))
         return [r or [] for r in results]
 
-    def _split(self, batch: list[int], oom: _OutOfMemory, lengths: Sequence[int], new_tokens: int,
-               copies: int) -> list[list[int]]:
-        """Halve a batch that ran out of memory, and lower the budget so later batches fit the first time."""
+    def _lower_budget(self, batch: list[int], oom: _OutOfMemory, lengths: Sequence[int], new_tokens: int,
+                      copies: int) -> None:
+        """Halve the budget below what a batch that ran out of memory used (the rest of the run is re-planned)."""
         width = lengths[batch[0]] + new_tokens
         if len(batch) == 1:
             raise GenerationOutOfMemory(
@@ -139,13 +142,10 @@ class BatchGenerator:
                 f"{f' x {copies} samples' if copies > 1 else ''} ({oom}): even one row does not fit, so lowering "
                 f"`{self.setting}` cannot help. Shorten the prompts (cutoff_len, fewer passages), lower "
                 "max_new_tokens or the sample count, or use a GPU with more memory.") from None
-        used = len(batch) * copies * width
-        self.tokens = max(width * copies, used // 2)
+        self.tokens = max(width * copies, len(batch) * copies * width // 2)
         print(f"qalign: out of GPU memory at {len(batch) * copies} rows x {width} tokens; splitting the batch and "
               f"lowering `{self.setting}` to {self.tokens} for the rest of this run (set it there to skip the retry)",
               file=sys.stderr)
-        half = len(batch) // 2
-        return [batch[:half], batch[half:]]
 
     def _batch(self, prompts: list[Sequence[int]], indices: list[int], generation: dict[str, Any], copies: int,
                processors: RowProcessors | None) -> list[list[int]]:

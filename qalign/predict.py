@@ -63,6 +63,9 @@ def split_engine_args(args: dict[str, Any]) -> tuple[dict[str, Any], str, BatchL
 def run_predict(args: dict[str, Any]) -> dict[str, Any]:
     """Predict with the engine the args name; return the run's statistics (also in predict_results.json)."""
     lf_args, engine, limits = split_engine_args(args)
+    if args.get("do_train") or not (args.get("do_predict") and args.get("predict_with_generate")):
+        raise QalignError("qalign predict needs a predict recipe: do_predict: true, predict_with_generate: true and "
+                          "no do_train (train with `qalign train`, then predict).")
     if engine == "llamafactory":
         return _llamafactory_predict(lf_args)
     return _engine_predict(lf_args, limits)
@@ -84,9 +87,6 @@ def _engine_predict(args: dict[str, Any], limits: BatchLimits) -> dict[str, Any]
     from llamafactory.hparams import get_train_args
     from llamafactory.model import load_model, load_tokenizer
 
-    if args.get("do_train") or not (args.get("do_predict") and args.get("predict_with_generate")):
-        raise QalignError("qalign predict needs a predict recipe: do_predict: true, predict_with_generate: true and "
-                          "no do_train (train with `qalign train`, then predict).")
     started = time.perf_counter()
     model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(args)
     if not data_args.eval_dataset or len(data_args.eval_dataset) != 1:
@@ -120,7 +120,8 @@ def _engine_predict(args: dict[str, Any], limits: BatchLimits) -> dict[str, Any]
              "generate_seconds": round(generated - loaded, 2),
              "prompts_per_second": round(len(rows) / max(generated - loaded, 1e-9), 2),
              "prompt_tokens": sum(map(len, prompts)), "new_tokens": new_tokens, "batch_tokens": generator.tokens,
-             "batch_rows": limits.rows}
+             "batch_rows": limits.rows, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+             "attn_implementation": getattr(model.config, "_attn_implementation", None)}
     atomic_write_json(output_dir / "predict_results.json", stats)
     print(f"qalign predict: {len(rows)} prompts in {stats['generate_seconds']} s "
           f"({stats['prompts_per_second']} prompts/s) -> {output_dir / 'generated_predictions.jsonl'}")

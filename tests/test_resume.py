@@ -61,6 +61,7 @@ def _resume_matches(args: list[str], cwd: Path) -> tuple[dict, dict]:
     return _final(cwd / "out/full"), _final(out)
 
 
+@pytest.mark.slow  # three real SFT runs
 def test_sft_resumes_after_sigkill(tiny_qwen3: Path, tmp_path: Path) -> None:
     _write_raw(tmp_path / "train.jsonl", 24)
     subprocess.run([sys.executable, "-m", "qalign.cli", "convert", "alpaca", "--input", "train.jsonl",
@@ -73,6 +74,7 @@ def test_sft_resumes_after_sigkill(tiny_qwen3: Path, tmp_path: Path) -> None:
     print(f"SFT resume: step {resumed['step']}, |loss diff| {abs(resumed['loss'] - full['loss']):.2e}")
 
 
+@pytest.mark.slow  # three real GRPO runs
 def test_grpo_resumes_after_sigkill(tiny_qwen3: Path, tmp_path: Path) -> None:
     _write_dataset(tmp_path)
     full, resumed = _resume_matches([str(REPO / "recipes/smollm2-135m/grpo.yaml"), f"model_name_or_path={tiny_qwen3}",
