@@ -27,6 +27,7 @@ from qalign.converters.sampling import Question, SamplingConfig, read_cache
 from qalign.endpoint import DEFAULT_KEY_ENV, EndpointConfig
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import f1_score
+from qalign.io import atomic_write_json
 from qalign.records import load_records
 
 FORMAT = 1
@@ -164,11 +165,17 @@ def teach(args: argparse.Namespace) -> dict[str, int]:
     return counts
 
 
+def summary_path(output: str | Path) -> Path:
+    """`TEACHER.summary.json`, written when every question is done (the study's done-marker)."""
+    return Path(output).with_suffix(".summary.json")
+
+
 def run_teach(args: argparse.Namespace) -> int:
     if bool(args.url) == bool(args.model):
         raise QalignError("pass exactly one teacher: --model DIR (a local model) or --url URL (an OpenAI-compatible "
                           "endpoint, e.g. http://127.0.0.1:8000/v1).")
     counts = teach(args)
+    atomic_write_json(summary_path(args.output), {"teacher": teacher_settings(args), "min_f1": args.min_f1, **counts})
     print(f"wrote {args.output}: {counts['questions']} questions ({counts['cached']} already done, "
           f"{counts['asked']} asked, {counts['samples']} samples drawn now); {counts['keep']} have a sample with "
           f"reasoning and answer F1 >= {args.min_f1:g}. Next: qalign convert cot --teacher {args.output} ...")
