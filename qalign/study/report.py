@@ -201,10 +201,13 @@ def teacher_section(cfg: StudyConfig, steps: list[Step], results: dict[str, Step
     kind = cfg.teacher_kind
     if kind is None:
         return [NO_TEACHER.replace("not run: ", "CoT-SFT not run: ")]
-    who = {"file": f"teacher file `{cfg.cot_teacher}`",
-           "self": f"the study's model `{cfg.model}`" + (" + each seed's SFT adapter" if "cot" in cfg.from_sft
-                                                          else "") + " (self-distillation, `qalign teach`)",
-           "endpoint": f"the endpoint {_endpoint_label(cfg.cot_teacher)} (`qalign teach`)"}[kind]
+    if kind == "endpoint":
+        who = f"the endpoint {_endpoint_label(cfg.cot_teacher)} (`qalign teach`)"
+    elif kind == "self":
+        sft = " + each seed's SFT adapter" if "cot" in cfg.from_sft else ""
+        who = f"the study's model `{cfg.model}`{sft} (self-distillation, `qalign teach`)"
+    else:
+        who = f"teacher file `{cfg.cot_teacher}`"
     lines = [f"Teacher: {who}; prompt `{cfg.cot_prompt}`; a sample is kept when it has reasoning and its answer "
              f"reaches F1 >= {cfg.cot_min_f1:g} (the best one per question).", "",
              "| dataset | samples drawn | reached F1 threshold | kept rows | dropped (why) |",
