@@ -67,6 +67,7 @@ def load_teach_questions(args: argparse.Namespace) -> list[Question]:
 
 
 def _local_answers(args: argparse.Namespace, questions: list[Question]) -> Iterator[tuple[Question, list[str]]]:
+    """Answers chunk by chunk (the model is loaded here, before the teacher file is opened)."""
     from qalign.converters.sampling import Sampler
 
     config = SamplingConfig(model=args.model, adapter=args.adapter, template=args.template,
@@ -74,8 +75,13 @@ def _local_answers(args: argparse.Namespace, questions: list[Question]) -> Itera
                             max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
                             batch_tokens=args.batch_tokens, device=args.device)
     sampler = Sampler(config, keep_think=True)
-    for start in range(0, len(questions), config.batch_size):
-        chunk = questions[start:start + config.batch_size]
+    return _local_chunks(args, sampler, questions)
+
+
+def _local_chunks(args: argparse.Namespace, sampler: Any, questions: list[Question],
+                  ) -> Iterator[tuple[Question, list[str]]]:
+    for start in range(0, len(questions), sampler.config.batch_size):
+        chunk = questions[start:start + sampler.config.batch_size]
         texts = sampler.sample(chunk, prefix=args.prefix)
         if args.answer_tokens > 0 and args.prefix.lstrip().startswith("<think>"):
             texts = _force_answers(sampler, chunk, texts, args.answer_tokens)
@@ -117,8 +123,7 @@ def _endpoint_answers(args: argparse.Namespace, questions: list[Question]) -> It
         url=args.url, served_model=args.served_model, api_key_env=args.api_key_env, num_samples=args.num_samples,
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, timeout=args.timeout,
         retries=args.retries, concurrency=args.concurrency))
-    for index, texts in teacher.ask_all([q.prompt for q in questions]):
-        yield questions[index], texts
+    return ((questions[index], texts) for index, texts in teacher.ask_all([q.prompt for q in questions]))
 
 
 def teach(args: argparse.Namespace) -> dict[str, int]:
