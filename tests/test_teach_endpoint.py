@@ -149,3 +149,60 @@ def test_garbage_answers_fail_clearly(tmp_path: Path, capsys) -> None:
         assert _lines(tmp_path / "b.jsonl")[1:] == []  # nothing finished, nothing written but the settings line
     finally:
         server.shutdown()
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """A chat endpoint that answers 503 to its first request, then slowly, counting requests in flight."""
+
+    lock = threading.Lock()
+    posts = in_flight = most = 0
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = json.dumps({"data": [{"id": "m"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        cls = type(self)
+        with cls.lock:
+            cls.posts += 1
+            first = cls.posts == 1
+            cls.in_flight += 1
+            cls.most = max(cls.most, cls.in_flight)
+        time.sleep(0.3)
+        with cls.lock:
+            cls.in_flight -= 1
+        if first:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        choices = [{"index": i, "message": {"role": "assistant", "content": "Paris", "reasoning_content": "It says."}}
+                   for i in range(request["n"])]
+        body = json.dumps({"choices": choices}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_retries_with_backoff_and_caps_requests_in_flight(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "t.jsonl"
+        assert _teach(tmp_path, f"http://127.0.0.1:{server.server_address[1]}/v1", "--output", str(out),
+                      "--concurrency", "2") == 0
+    finally:
+        server.shutdown()
+    rows = {r["id"]: r for r in _lines(out)[1:]}
+    assert sorted(rows) == ["q0", "q1", "q2"] and _Flaky.posts == 4  # 3 questions + the retried 503
+    assert _Flaky.most == 2  # requests overlap, never more than --concurrency
+    # reasoning the server returns apart goes back inside <think>; the Paris question keeps its sample
+    assert rows["q0"]["samples"] == [{"output": "<think>It says.</think>Paris", "f1": 1.0}] * 2
