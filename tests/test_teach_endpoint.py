@@ -28,7 +28,7 @@ POSTS = re.compile(r'"POST /v1/chat/completions HTTP/1.1" 200')
 
 @pytest.fixture(scope="module")
 def api_server(tiny_qwen3: Path, tmp_path_factory) -> Iterator[tuple[str, Path, str]]:
-    """(base URL, server log, key) of `qalign api` serving the tiny Qwen3; stopped after the module."""
+    """(base URL, server log, key) of `qalign api` serving the tiny Qwen3 (~8 s to start); stopped after the module."""
     folder = tmp_path_factory.mktemp("api")
     recipe = folder / "chat.yaml"
     recipe.write_text(f"model_name_or_path: {tiny_qwen3}\ntemplate: qwen3_nothink\ninfer_backend: huggingface\n")
@@ -64,7 +64,6 @@ def _teach(tmp_path: Path, url: str, *extra: str) -> int:
                  "--num-samples", "2", "--max-new-tokens", "4", "--retries", "1", "--timeout", "60", *extra])
 
 
-@pytest.mark.slow  # starts LLaMA-Factory's API server (~30-60 s on 2 busy cores)
 def test_endpoint_teacher_asks_resumes_and_reports_server_errors(api_server, tmp_path: Path, monkeypatch,
                                                                  capsys) -> None:
     base, log, key = api_server
