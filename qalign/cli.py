@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qalign.predict import add_predict_parser
     from qalign.study.cli import add_study_parser
     from qalign.sweep import add_sweep_parser
+    from qalign.teach import add_teach_parser
 
     parser = argparse.ArgumentParser(
         prog="qalign",
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in LLAMAFACTORY_COMMANDS:
         sub.add_parser(name, help=f"LLaMA-Factory `{name}` (run `qalign {name} -h` for its options)", add_help=False)
     for add_parser in (add_convert_parser, add_eval_parsers, add_model_parser, add_predict_parser, add_quantize_parser,
-                       add_sweep_parser, add_study_parser):
+                       add_sweep_parser, add_study_parser, add_teach_parser):
         add_parser(sub)
     return parser
 

@@ -58,7 +58,8 @@ def test_convert_cot_keeps_rows_above_the_f1_threshold(tmp_path: Path) -> None:
     assert "First think inside <think>" in rows[0]["instruction"]  # the CoT prompt (the CLI's default)
     assert "Passage 1 (France): Paris is the capital of France." in rows[0]["instruction"]
     assert rows[1]["teacher_f1"] == 1.0
-    assert dict(counts) == {"kept": 2, "duplicate": 1, "low_f1": 2, "unmatched": 1, "no_reasoning": 1}
+    assert dict(counts) == {"kept": 2, "duplicate": 1, "low_f1": 2, "unmatched": 1, "no_reasoning": 1, "drawn": 7,
+                            "reached": 3}  # reached: kept + the duplicate
     entry = json.loads((tmp_path / "dataset_info.json").read_text())["t_cot"]
     assert entry["qalign"]["kind"] == "cot" and entry["qalign"]["min_f1"] == 0.9
     assert entry["qalign"]["prompt"] == "think_then_answer" and result.rows == 2
@@ -74,7 +75,7 @@ def test_convert_cot_command(tmp_path: Path, monkeypatch, capsys) -> None:
     assert main(["convert", "cot", "--input", str(raw), "--teacher", str(teacher), "--dataset", "c",
                  "--min-f1", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "kept 3 teacher rows; dropped: 1 unmatched, 1 no reasoning, 1 low f1, 1 duplicate" in out
+    assert "kept 3 teacher rows (one per question); dropped: 1 unmatched, 1 no reasoning, 1 low f1, 1 duplicate" in out
     assert "wrote 3 rows to data/c.json" in out
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow  # the whole study, twice (~2-3 min on 2 cores)
+pytestmark = pytest.mark.slow  # the whole study with its CoT row, twice (~4 min on 2 busy cores)
 
 QALIGN = [sys.executable, "-m", "qalign.cli"]
 RECIPES = REPO / "recipes" / "smollm2-135m"
@@ -50,7 +50,12 @@ def study_file(folder: Path, model: Path, methods: list[str], seeds: list[int]) 
                        "learning_rate": 1.0e-2, "use_cpu": True},
         "predict_args": {"cutoff_len": 256, "max_new_tokens": 6},
         "mining_args": {"num_samples": 2, "max_new_tokens": 6, "device": "cpu"},
-        "overrides": {"grpo": {"num_generations": 4, "max_completion_length": 6}},
+        "overrides": {"grpo": {"num_generations": 4, "max_completion_length": 6},
+                      "cot": {"predict": {"max_new_tokens": 8}}},
+        # the CoT row with the model as its own teacher; a random model reaches no F1 > 0, so every sample with
+        # reasoning and an answer is kept (cot_min_f1 0)
+        "cot_teacher": "self", "cot_min_f1": 0.0,
+        "teach_args": {"num_samples": 2, "max_new_tokens": 4, "answer_tokens": 3, "device": "cpu"},
     }
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -76,10 +81,13 @@ def test_study_runs_reports_and_resumes(tiny_qwen3: Path, tmp_path: Path) -> Non
     assert total >= 8 and first.stdout.count(": ok (") == total and "skip (done)" not in first.stdout, first.stdout
     out = tmp_path / "reports" / "tiny"
     report = (out / "report.md").read_text()
-    for label in ["base", *(methods if second else [f"sft (seed {s})" for s in seeds])]:
+    for label in ["base", "base_model_cot", *(methods if second else [f"sft (seed {s})" for s in seeds]),
+                  *(["cot"] if second else [])]:
         assert re.search(rf"^\| {re.escape(label)} \| 6 \| {INTERVAL} \| {INTERVAL} \| {INTERVAL} \| ok \|$", report,
                          re.M), f"no row with intervals for {label}:\n{report}"
-    assert re.search(r"^\| cot \| — .*not run: no teacher file", report, re.M)
+    teacher = json.loads((tmp_path / "data" / "tiny_teacher.summary.json").read_text())
+    assert teacher["questions"] == 12 and teacher["asked"] == 12 and teacher["samples"] == 24
+    assert re.search(r"^\| tiny_cot \| 24 \| \d+ \| \d+ \| ", report, re.M), report  # the CoT teacher section
     assert re.search(r"^\| sft.* \| [+-]\d+\.\d \[-?\d+\.\d, -?\d+\.\d\] \|", report, re.M), "no paired Δ vs base"
     assert "## Wins and losses (SubEM)" in report and "| transformers | 4.56.2 |" in report
     assert f"| {RECIPES / 'sft.yaml'} | `" in report and "Seeds: training" in report
@@ -91,7 +99,7 @@ def test_study_runs_reports_and_resumes(tiny_qwen3: Path, tmp_path: Path) -> Non
     assert list((out / "logs").glob("*train-sft*.log"))
 
     adapters = sorted(out.glob("runs/*/train/adapter_model.safetensors"))
-    assert len(adapters) == 2
+    assert len(adapters) == (3 if second else 4)  # sft, second/other seed, cot (one per seed without second)
     stamps = [p.stat().st_mtime_ns for p in adapters]
     again = run_study(tmp_path)
     assert again.stdout.count("skip (done)") == total, again.stdout

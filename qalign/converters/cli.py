@@ -106,7 +106,7 @@ def _run_eval(args: argparse.Namespace) -> ConversionResult:
 
 def _run_preference(args: argparse.Namespace) -> ConversionResult:
     from qalign.converters.preference import convert_preference, pair_summary
-    from qalign.converters.sampling import sampling_config
+    from qalign.converters.sampling_args import sampling_config
 
     result, counts = convert_preference(
         ConvertJob.from_args(args), sampling=sampling_config(args), samples=args.samples, strategy=args.strategy,
@@ -123,7 +123,7 @@ def _preference_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_kto(args: argparse.Namespace) -> ConversionResult:
     from qalign.converters.kto import convert_kto, kto_summary
-    from qalign.converters.sampling import sampling_config
+    from qalign.converters.sampling_args import sampling_config
 
     result, counts = convert_kto(
         ConvertJob.from_args(args), sampling=sampling_config(args), samples=args.samples, strategy=args.strategy,

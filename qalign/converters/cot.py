@@ -1,7 +1,9 @@
 """Teacher reasoning -> chain-of-thought SFT data, filtered by the teacher's answer against the gold aliases.
 
 Teacher file (json/jsonl/.gz): one row per teacher output, `{id or question, reasoning, answer}`, or `{id or
-question, output}` with `output` = `<think>REASONING</think>ANSWER`. Rows are joined to the raw QA input by id,
+question, output}` with `output` = `<think>REASONING</think>ANSWER`, or one row per question with its N outputs,
+`{id or question, samples: [{output} or {reasoning, answer}, ...]}` (what `qalign teach` writes, after a settings
+line `{"qalign_teacher": ...}` that is skipped here). Rows are joined to the raw QA input by id,
 else by normalised question. A row is kept when F1(answer, gold aliases) >= `min_f1`; per question the
 highest-F1 row is kept (ties: the first). Output rows are alpaca rows whose `output` is
 `<think>\\nREASONING\\n</think>\\n\\nANSWER`, so the evaluator (which strips `<think>` blocks) scores the answer.
@@ -28,6 +30,7 @@ DEFAULT_MIN_F1 = 0.9
 COT_PROMPT = "think_then_answer"
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _DROP_REASONS = ("unmatched", "no_answer", "no_reasoning", "low_f1", "duplicate")
+TEACHER_HEADER = "qalign_teacher"  # the key of the settings line `qalign teach` writes first
 
 
 @dataclass(frozen=True)
@@ -53,24 +56,35 @@ def format_cot(reasoning: str, answer: str) -> str:
     return f"<think>\n{reasoning.strip()}\n</think>\n\n{answer.strip()}"
 
 
+def _split_row(obj: dict[str, Any], where: str) -> tuple[str, str]:
+    """(reasoning, answer) of one teacher output."""
+    if isinstance(obj.get("answer"), str):
+        return str(obj.get("reasoning") or ""), obj["answer"]
+    if isinstance(obj.get("output"), str):
+        return split_output(obj["output"])
+    raise QalignError(f"{where}: teacher row needs `answer` (with `reasoning`) or `output` "
+                      "(`<think>reasoning</think>answer`). Fix that row.")
+
+
 def read_teacher(path: str | Path) -> list[TeacherRow]:
-    """Parse the teacher file; a row needs `id` or `question`, and `answer` (+ `reasoning`) or `output`."""
+    """Parse the teacher file; a row needs `id` or `question`, and `answer` (+ `reasoning`), `output`, or
+    `samples` (a list of those)."""
     rows: list[TeacherRow] = []
     for line, obj in iter_json_records(path):
         where = f"{path}:{line}"
+        if TEACHER_HEADER in obj:
+            continue
         rid, question = obj.get("id"), obj.get("question")
         if rid in (None, "") and not (isinstance(question, str) and question.strip()):
             raise QalignError(f"{where}: teacher row has neither `id` nor `question`; add one so it can be joined.")
-        if isinstance(obj.get("answer"), str):
-            reasoning, answer = str(obj.get("reasoning") or ""), obj["answer"]
-        elif isinstance(obj.get("output"), str):
-            reasoning, answer = split_output(obj["output"])
-        else:
-            raise QalignError(f"{where}: teacher row needs `answer` (with `reasoning`) or `output` "
-                              "(`<think>reasoning</think>answer`). Fix that row.")
-        rows.append(TeacherRow(None if rid in (None, "") else str(rid),
-                               question if isinstance(question, str) else None,
-                               reasoning.strip(), strip_think(answer), where))
+        samples = obj["samples"] if isinstance(obj.get("samples"), list) else [obj]
+        for sample in samples:
+            if not isinstance(sample, dict):
+                raise QalignError(f"{where}: `samples` must hold objects {{output}} or {{reasoning, answer}}.")
+            reasoning, answer = _split_row(sample, where)
+            rows.append(TeacherRow(None if rid in (None, "") else str(rid),
+                                   question if isinstance(question, str) else None,
+                                   reasoning.strip(), strip_think(answer), where))
     return rows
 
 
@@ -83,7 +97,9 @@ def convert_cot(job: ConvertJob, teacher: str | Path, *,
     by_question = {question_key(record.question): record for record in records}
     counts: Counter = Counter()
     best: dict[str, tuple[float, TeacherRow]] = {}
-    for row in read_teacher(teacher):
+    teacher_rows = read_teacher(teacher)
+    counts["drawn"] = len(teacher_rows)
+    for row in teacher_rows:
         record = by_id.get(row.key_id) if row.key_id else None
         if record is None and row.question:
             record = by_question.get(question_key(row.question))
@@ -96,8 +112,10 @@ def convert_cot(job: ConvertJob, teacher: str | Path, *,
         elif (f1 := f1_score(row.answer, record.answers)) < min_f1:
             reason = "low_f1"
         elif record.id in best and best[record.id][0] >= f1:
+            counts["reached"] += 1
             reason = "duplicate"
         else:
+            counts["reached"] += 1  # answer F1 >= min_f1 with reasoning: kept, or a duplicate of a kept row
             if record.id in best:
                 counts["duplicate"] += 1  # the earlier, lower-F1 row of this question gives way
             best[record.id] = (f1, row)
@@ -113,15 +131,16 @@ def convert_cot(job: ConvertJob, teacher: str | Path, *,
     if not rows:
         raise QalignError(f"{teacher}: no teacher row was kept ({cot_summary(counts)}). Check that its ids or "
                           f"questions match {job.source}, or lower --min-f1 (now {min_f1}).")
-    entry = job.entry("cot", len(rows), teacher=str(teacher), min_f1=min_f1,
-                      dropped={k: counts[k] for k in _DROP_REASONS})
+    entry = job.entry("cot", len(rows), teacher=str(teacher), min_f1=min_f1, drawn=counts["drawn"],
+                      reached=counts["reached"], dropped={k: counts[k] for k in _DROP_REASONS})
     return job.write(rows, entry, stats), counts
 
 
 def cot_summary(counts: Counter) -> str:
-    """`kept K teacher rows; dropped: N low f1, ...`."""
+    """`of D teacher samples, R reached F1 >= tau; kept K rows (one per question); dropped: N low f1, ...`."""
     dropped = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in _DROP_REASONS if counts[k])
-    return f"kept {counts['kept']} teacher rows; dropped: {dropped or 'none'}"
+    return (f"of {counts['drawn']} teacher samples, {counts['reached']} reached the F1 threshold; kept "
+            f"{counts['kept']} teacher rows (one per question); dropped: {dropped or 'none'}")
 
 
 def add_cot_arguments(parser: argparse.ArgumentParser) -> None:

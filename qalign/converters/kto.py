@@ -149,7 +149,7 @@ def kto_summary(counts: Counter) -> str:
 
 
 def add_kto_arguments(parser: argparse.ArgumentParser) -> None:
-    from qalign.converters.sampling import add_sampling_arguments
+    from qalign.converters.sampling_args import add_sampling_arguments
 
     add_sampling_arguments(parser)
     parser.add_argument("--desirable", choices=DESIRABLE_POLICIES, default="fallback",

@@ -112,7 +112,7 @@ def pair_summary(counts: Counter) -> str:
 
 
 def add_preference_arguments(parser: argparse.ArgumentParser) -> None:
-    from qalign.converters.sampling import add_sampling_arguments
+    from qalign.converters.sampling_args import add_sampling_arguments
 
     add_sampling_arguments(parser)
     parser.add_argument("--max-pairs", type=int, default=2, metavar="N", help="pairs per question (default: 2)")

@@ -14,7 +14,6 @@ skips cached ids; an unterminated last line (a killed run) is discarded.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -83,8 +82,10 @@ def default_cache_path(dataset_dir: str | Path, name: str) -> Path:
     return samples_file(name, dataset_dir)
 
 
-def read_cache(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]], int]:
-    """(header or None, finished rows by id, byte length of the complete prefix) of a sample cache.
+def read_cache(path: str | Path, header_key: str = "qalign_samples",
+               ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]], int]:
+    """(header or None, finished rows by id, byte length of the complete prefix) of a sample cache (or of a
+    `qalign teach` file: header_key `qalign_teacher`).
 
     An unterminated last line is what a killed writer leaves: it is ignored (and cut off by the next append).
     """
@@ -102,7 +103,7 @@ def read_cache(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, dict[
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise QalignError(
                 f"{path}:{lineno}: malformed sample line ({exc}). Delete that line to regenerate it.") from None
-        if isinstance(obj, dict) and "qalign_samples" in obj:
+        if isinstance(obj, dict) and header_key in obj:
             header = obj
         elif isinstance(obj, dict) and isinstance(obj.get("id"), str) and isinstance(obj.get("samples"), list):
             rows[obj["id"]] = obj
@@ -142,7 +143,7 @@ class Sampler:
     """A model + tokenizer + template loaded the LLaMA-Factory way (LoRA adapters applied), sampling through
     qalign's batch engine (length-sorted batches, each prompt's prefill shared by its N samples)."""
 
-    def __init__(self, config: SamplingConfig) -> None:
+    def __init__(self, config: SamplingConfig, keep_think: bool = False) -> None:
         # LLaMA-Factory's INFO logs would bury the progress bar and the summary; LLAMAFACTORY_VERBOSITY=INFO shows them
         os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
         from qalign.generation import BatchGenerator, BatchLimits
@@ -161,13 +162,26 @@ class Sampler:
                               "data/template.py.") from None
         self.config = config
         self.tokenizer, self.stop_ids = self.setup.tokenizer, self.setup.stop_ids
+        # special tokens dropped when decoding; with keep_think, <think>/</think> stay (Qwen3-style tokenizers)
+        think = set(self.tokenizer.convert_tokens_to_ids(["<think>", "</think>"]))
+        self.drop_ids = set(self.tokenizer.all_special_ids) - think if keep_think else None
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]
         self.generator = BatchGenerator(self.model, self.pad_id, BatchLimits(tokens=config.batch_tokens),
                                         setting="--batch-tokens")
 
-    def sample(self, questions: list[Question]) -> list[list[str]]:
-        """`num_samples` completions for each question; row (question, j) draws its noise from row_seed."""
+    def sample(self, questions: list[Question], prefix: str = "") -> list[list[str]]:
+        """`num_samples` completions for each question; row (question, j) draws its noise from row_seed. A
+        `prefix` starts every answer (it is part of the prompt and of the returned text)."""
+        start = self.tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
+        texts = self.continue_ids([self.setup.encode(q.prompt) + start for q in questions], [q.id for q in questions],
+                                  self.config.num_samples, self.config.max_new_tokens)
+        return [[(prefix + text).strip() for text in rows] for rows in texts]
+
+    def continue_ids(self, prompts: list[list[int]], keys: list[str], copies: int,
+                     max_new_tokens: int) -> list[list[str]]:
+        """`copies` decoded continuations of each token-id prompt; copy j of prompt i draws its noise from
+        row_seed(seed, keys[i], j)."""
         from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
         cfg = self.config
@@ -176,19 +190,21 @@ class Sampler:
             warpers: list[Any] = [TemperatureLogitsWarper(cfg.temperature)]
             if cfg.top_p < 1:
                 warpers.append(TopPLogitsWarper(cfg.top_p))
-            return [*warpers, _row_noise([row_seed(cfg.seed, questions[i].id, j) for i, j in rows])]
+            return [*warpers, _row_noise([row_seed(cfg.seed, keys[i], j) for i, j in rows])]
 
-        generation = {"do_sample": False, "max_new_tokens": cfg.max_new_tokens, "eos_token_id": self.stop_ids,
+        generation = {"do_sample": False, "max_new_tokens": max_new_tokens, "eos_token_id": self.stop_ids,
                       "pad_token_id": self.pad_id,
                       "use_model_defaults": False}  # the model's sampling defaults must not switch do_sample on
-        outputs = self.generator.generate([self.setup.encode(q.prompt) for q in questions], generation,
-                                          copies=cfg.num_samples, processors=processors, progress=False)
+        outputs = self.generator.generate(prompts, generation, copies=copies, processors=processors, progress=False)
         return [[self._decode(ids) for ids in rows] for rows in outputs]
 
     def _decode(self, ids: list[int]) -> str:
         from qalign.generation import cut_at_stop
 
-        return self.tokenizer.decode(cut_at_stop(ids, self.stop_ids), skip_special_tokens=True).strip()
+        ids = cut_at_stop(ids, self.stop_ids)
+        if self.drop_ids is None:
+            return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return self.tokenizer.decode([i for i in ids if i not in self.drop_ids], skip_special_tokens=False).strip()
 
 
 def _cache_row(question: Question, texts: list[str]) -> dict[str, Any]:
@@ -285,48 +301,3 @@ def sample_questions(job: ConvertJob, sampling: SamplingConfig | None,
     questions, stats = load_questions(job)
     cache = Path(samples) if samples else default_cache_path(job.dataset_dir, job.name)
     return SampledQuestions(questions, stats, cache, *ensure_samples(questions, cache, sampling))
-
-
-def sampling_config(args: argparse.Namespace) -> SamplingConfig | None:
-    """The SamplingConfig of parsed CLI options (None without --model: cached samples only)."""
-    if not args.model:
-        return None
-    return SamplingConfig(model=args.model, adapter=args.adapter, template=args.template,
-                          num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
-                          max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
-                          batch_tokens=args.batch_tokens, device=args.device)
-
-
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `convert preference` and `convert kto`: the model, sampling, cache and scoring."""
-    group = parser.add_argument_group("sampling")
-    defaults = SamplingConfig  # a dataclass keeps its field defaults as class attributes: one source for both
-    group.add_argument("--model", help="model folder or hub id to sample from (not needed when --samples "
-                                       "already holds every question)")
-    group.add_argument("--adapter", help="LoRA adapter folder(s), comma-separated, applied on --model")
-    group.add_argument("--template", default=defaults.template,
-                       help="LLaMA-Factory chat template (default: %(default)s)")
-    group.add_argument("--num-samples", type=int, default=defaults.num_samples, metavar="N",
-                       help="completions per question (%(default)s)")
-    group.add_argument("--temperature", type=float, default=defaults.temperature, metavar="T",
-                       help="sampling temperature (%(default)s)")
-    group.add_argument("--top-p", type=float, default=defaults.top_p, metavar="P",
-                       help="nucleus sampling (%(default)s)")
-    group.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, metavar="K",
-                       help="tokens per completion (%(default)s)")
-    group.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="B",
-                       help="questions sampled together and then written to the cache, in input order (the unit "
-                            "a killed run loses); the engine batches them under a memory budget (%(default)s)")
-    group.add_argument("--batch-tokens", type=int, default=defaults.batch_tokens, metavar="T",
-                       help="rows x (prompt + new tokens) per generate call (default: sized from free GPU memory, "
-                            "32768 on CPU); a batch that runs out of memory is split and retried")
-    group.add_argument("--seed", type=int, default=defaults.seed,
-                       help="seed; samples depend on (seed, question id) (%(default)s)")
-    group.add_argument("--device", default=defaults.device,
-                       help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (default: %(default)s)")
-    group.add_argument("--samples", metavar="FILE", help="sample cache to read/resume (default: "
-                                                         "DIR/data/NAME.samples.jsonl); reuse another run's here")
-    group.add_argument("--strategy", choices=("subem", "f1"), default="subem",
-                       help="what counts as a correct sample: a gold alias inside it (subem, default) or "
-                            "F1 >= --threshold (f1)")
-    group.add_argument("--threshold", type=float, default=0.5, help="F1 threshold of --strategy f1 (0.5)")

@@ -12,7 +12,8 @@ from qalign.study.validate import check_study
 
 _EPILOG = """\
 Study file keys: name, model, template, recipes (folder), train, test (raw QA files), top_k, prompt, methods,
-seeds, cot_teacher, cot_prompt, cot_min_f1, train_limit, test_limit, output (default reports/NAME),
+seeds, cot_teacher (a teacher file, `self`, or an endpoint {url, served_model, api_key_env}), teach_args
+(options of `qalign teach`), cot_prompt, cot_min_f1, train_limit, test_limit, output (default reports/NAME),
 bootstrap {samples, seed, level}, train_args / predict_args (LLaMA-Factory keys for every run), mining_args
 (sampling options of `qalign convert preference|kto`), overrides {METHOD: {key: value, predict: {...}}},
 from_sft (of dpo, orpo, kto: mine from and continue each seed's SFT run instead of starting from the base model).
@@ -73,7 +74,9 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
                         help=f"methods to run, from {', '.join(METHODS)}")
     parser.add_argument("--output", metavar="DIR", help="output folder (default: reports/NAME)")
-    parser.add_argument("--cot-teacher", metavar="FILE", help="teacher outputs for the CoT-SFT row")
+    parser.add_argument("--cot-teacher", metavar="FILE|self",
+                        help="teacher of the CoT-SFT row: a teacher file, or `self` (the study's model, via `qalign "
+                             "teach`); an endpoint goes in the study file: cot_teacher: {url: ..., served_model: ...}")
     parser.add_argument("--force", action="store_true", help="re-run every step, even finished ones")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (and what is done) without running")
     parser.set_defaults(func=run_study)

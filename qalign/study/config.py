@@ -26,10 +26,15 @@ _DEFAULTS: dict[str, Any] = {
     "top_k": 5, "prompt": "answer_only", "methods": ["sft", "dpo", "orpo", "kto", "grpo"], "seeds": [42],
     "cot_teacher": None, "cot_prompt": "think_then_answer", "cot_min_f1": 0.9, "train_limit": None,
     "test_limit": None, "output": None, "bootstrap": {}, "train_args": {}, "predict_args": {}, "mining_args": {},
-    "overrides": {}, "from_sft": [],
+    "overrides": {}, "from_sft": [], "teach_args": {},
 }
-# methods that can continue the SFT adapter instead of starting from the base model (`from_sft`)
-FROM_SFT_METHODS = ("dpo", "orpo", "kto")
+# methods that can continue the SFT adapter instead of starting from the base model (`from_sft`); for cot
+# (teacher `self`) the SFT model of the seed is the teacher
+FROM_SFT_METHODS = ("dpo", "orpo", "kto", "cot")
+SELF_TEACHER = "self"
+_ENDPOINT_KEYS = ("url", "served_model", "api_key_env")
+# Teacher = str (a teacher file), "self" (the study's model), or {url, served_model?, api_key_env?} (an endpoint)
+Teacher = str | dict[str, str] | None
 
 
 @dataclass
@@ -48,7 +53,7 @@ class StudyConfig:
     prompt: str = "answer_only"
     methods: list[str] = field(default_factory=lambda: list(_DEFAULTS["methods"]))
     seeds: list[int] = field(default_factory=lambda: [42])
-    cot_teacher: str | None = None
+    cot_teacher: Teacher = None
     cot_prompt: str = "think_then_answer"
     cot_min_f1: float = 0.9
     train_limit: int | None = None
@@ -61,6 +66,7 @@ class StudyConfig:
     mining_args: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     from_sft: list[str] = field(default_factory=list)
+    teach_args: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, what: str) -> str:
@@ -81,7 +87,18 @@ class StudyConfig:
 
     def label(self, method: str) -> str:
         """The method's name in the report: `dpo (from sft)` when it continues the SFT adapter."""
+        if method == "cot" and method in self.from_sft:
+            return "cot (sft teacher)"
         return f"{method} (from sft)" if method in self.from_sft else method
+
+    @property
+    def teacher_kind(self) -> str | None:
+        """None, `file`, `self` or `endpoint`."""
+        if not self.cot_teacher:
+            return None
+        if isinstance(self.cot_teacher, dict):
+            return "endpoint"
+        return "self" if self.cot_teacher == SELF_TEACHER else "file"
 
 
 def _resolve(path: str) -> Path:
@@ -142,7 +159,27 @@ def _from_sft(value: Any, methods: list[str], where: str) -> list[str]:
     if chosen and "sft" not in methods:
         raise QalignError(f"{where}: from_sft: {', '.join(chosen)} continue the SFT run, but sft is not in methods; "
                           "add it, e.g. methods: [sft, dpo].")
-    return [m for m in dict.fromkeys(chosen) if m in methods]
+    return [m for m in dict.fromkeys(chosen) if m in methods or m == "cot"]
+
+
+def _teacher(value: Any, where: str) -> Teacher:
+    """`cot_teacher`: null, a teacher file, `self`, or an endpoint mapping {url, served_model, api_key_env}."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, dict):
+        stray = sorted(set(value) - set(_ENDPOINT_KEYS))
+        url = str(value.get("url") or "")
+        if stray or not url.startswith(("http://", "https://")):
+            raise QalignError(f"{where}: cot_teacher: an endpoint is a mapping {{url: http(s)://HOST/v1, served_model: "
+                              f"NAME, api_key_env: VAR}} (got {value!r}); the key itself stays in that variable.")
+        return {k: str(v) for k, v in value.items() if v not in (None, "")}
+    text = str(value)
+    if text == SELF_TEACHER:
+        return SELF_TEACHER
+    if text.startswith(("http://", "https://")):
+        raise QalignError(f"{where}: cot_teacher: write an endpoint as a mapping, e.g. cot_teacher: {{url: {text}, "
+                          "served_model: NAME}}.")
+    return str(_resolve(text))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -179,7 +216,10 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
     if stray:
         raise QalignError(f"{where}: bootstrap: unknown key(s) {', '.join(stray)}; known: samples, seed, level.")
     from_sft = _from_sft(merged["from_sft"], methods, where)
-    teacher = merged["cot_teacher"]
+    teacher = _teacher(merged["cot_teacher"], where)
+    if "cot" in from_sft and teacher != SELF_TEACHER:
+        raise QalignError(f"{where}: from_sft: cot makes each seed's SFT model the teacher; that needs "
+                          "cot_teacher: self.")
     return StudyConfig(
         name=name, model=str(merged["model"]), template=str(merged["template"]),
         recipes=_resolve(str(merged["recipes"])), train=str(merged["train"]),
@@ -187,7 +227,7 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
         top_k=_number(merged["top_k"], "top_k", where, int, 0), prompt=str(merged["prompt"]),
         methods=list(dict.fromkeys(methods)),
         seeds=list(dict.fromkeys(_int_list(merged["seeds"], "seeds", where))),
-        cot_teacher=str(_resolve(str(teacher))) if teacher else None,
+        cot_teacher=teacher,
         cot_prompt=str(merged["cot_prompt"]),
         cot_min_f1=_number(merged["cot_min_f1"], "cot_min_f1", where, float, 0, 1),
         train_limit=_number(merged["train_limit"], "train_limit", where, int, 1, optional=True),
@@ -198,7 +238,7 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
         train_args=_mapping(merged["train_args"], "train_args", where),
         predict_args=_mapping(merged["predict_args"], "predict_args", where),
         mining_args=_mapping(merged["mining_args"], "mining_args", where), overrides=overrides,
-        from_sft=from_sft, raw=merged,
+        from_sft=from_sft, teach_args=_mapping(merged["teach_args"], "teach_args", where), raw=merged,
     )
 
 
@@ -209,7 +249,7 @@ def load_study(
     seeds: list[int] | None = None,
     methods: list[str] | None = None,
     output: str | None = None,
-    cot_teacher: str | None = None,
+    cot_teacher: Teacher = None,
 ) -> StudyConfig:
     """Read study.yaml, apply `key=value` assignments, then the command-line flags (which win)."""
     spec = apply_dotlist(read_yaml(path), assignments or [])

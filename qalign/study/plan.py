@@ -17,6 +17,9 @@ from qalign.study.config import StudyConfig
 # Only these keys of `mining_args` reach `qalign convert preference|kto`, as --dashed-options.
 _MINING_KEYS = ("num_samples", "temperature", "top_p", "max_new_tokens", "batch_size", "batch_tokens", "seed",
                 "device", "strategy", "threshold")
+# ... and these keys of `teach_args` reach `qalign teach` (teacher `self` or an endpoint)
+TEACH_KEYS = ("num_samples", "temperature", "top_p", "max_new_tokens", "answer_tokens", "prefix", "seed",
+              "batch_size", "batch_tokens", "device", "timeout", "retries", "concurrency")
 
 
 @dataclass
@@ -29,6 +32,9 @@ class Step:
     needs: tuple[str, ...] = ()
     run: str | None = None  # the table row (run id) this step produces
     check: Callable[[], str | None] = field(default=lambda: None, repr=False)
+
+
+BASE_COT = "base_cot"  # the run id of the base model with the CoT prompt
 
 
 def run_id(method: str, seed: int) -> str:
@@ -104,13 +110,53 @@ def _data_steps(cfg: StudyConfig) -> list[Step]:
         steps.append(_used_by(cfg, _convert(cfg, "eval", cfg.train, "grpo", cfg.train_limit, [], prompt), "grpo"))
     steps += _mined_steps(cfg, methods - set(cfg.from_sft), "", None)  # from the base model
     if cfg.cot_teacher:
-        cot = _convert(cfg, "cot", cfg.train, "cot", cfg.train_limit,
-                       ["--teacher", cfg.cot_teacher, "--min-f1", str(cfg.cot_min_f1)], ["--prompt", cfg.cot_prompt])
-        cot.check = _all(_file_check(Path(cfg.cot_teacher), "cot_teacher"), cot.check)
-        steps.append(_used_by(cfg, cot, "cot"))
+        if "cot" not in cfg.from_sft:
+            steps += cot_steps(cfg, "", None)
         if cfg.cot_prompt != cfg.prompt:  # the CoT model is tested with the prompt it was trained on
             steps.append(_convert(cfg, "eval", cfg.test, "test_cot", cfg.test_limit, [], ["--prompt", cfg.cot_prompt]))
     return steps
+
+
+def teacher_file(cfg: StudyConfig, suffix: str) -> Path:
+    """The teacher file: cot_teacher itself, or the one `qalign teach` writes for teacher self / an endpoint."""
+    if cfg.teacher_kind == "file":
+        return Path(str(cfg.cot_teacher))
+    return Path("data") / f"{cfg.name}_teacher{suffix}.jsonl"
+
+
+def _teach_step(cfg: StudyConfig, suffix: str, adapter: Path | None) -> Step:
+    """`qalign teach` from the study's model (+ the seed's SFT adapter) or from the endpoint."""
+    from qalign.teach import summary_path
+
+    output = teacher_file(cfg, suffix)
+    argv = ["teach", "--input", cfg.train, "--output", str(output), "--prompt", cfg.cot_prompt, "--top-k",
+            str(cfg.top_k), "--min-f1", str(cfg.cot_min_f1), *(["--limit", str(cfg.train_limit)] if cfg.train_limit
+                                                                else [])]
+    if isinstance(cfg.cot_teacher, dict):
+        argv += ["--url", cfg.cot_teacher["url"]]
+        for key in ("served_model", "api_key_env"):
+            if key in cfg.cot_teacher:
+                argv += [f"--{key.replace('_', '-')}", cfg.cot_teacher[key]]
+    else:
+        argv += ["--model", cfg.model, "--template", cfg.template, *(["--adapter", str(adapter)] if adapter else [])]
+    for key in TEACH_KEYS:
+        if key in cfg.teach_args:
+            argv += [f"--{key.replace('_', '-')}", override_value(cfg.teach_args[key])]
+    return Step(f"teach{suffix}", argv, summary_path(output))
+
+
+def cot_steps(cfg: StudyConfig, suffix: str, adapter: Path | None) -> list[Step]:
+    """The CoT-SFT data `<name>_cot<suffix>`: the teacher file (asked for when the teacher is self or an endpoint),
+    filtered at F1 >= cot_min_f1."""
+    teacher = teacher_file(cfg, suffix)
+    steps = [] if cfg.teacher_kind == "file" else [_teach_step(cfg, suffix, adapter)]
+    cot = _convert(cfg, "cot", cfg.train, f"cot{suffix}", cfg.train_limit,
+                   ["--teacher", str(teacher), "--min-f1", str(cfg.cot_min_f1)], ["--prompt", cfg.cot_prompt])
+    if steps:
+        cot.needs = (steps[0].name,)
+    else:
+        cot.check = _all(_file_check(teacher, "cot_teacher"), cot.check)
+    return [*steps, _used_by(cfg, cot, "cot")]
 
 
 _TRAIN_DATA = {"sft": "train", "cot": "cot", "dpo": "pref", "orpo": "pref", "kto": "kto", "grpo": "grpo"}
@@ -144,6 +190,8 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
     (methods in `from_sft`: after SFT, their data mined from the SFT model, training continuing its adapter)."""
     steps = _data_steps(cfg)
     steps += _predict_eval(cfg, "base", "base", None, ())
+    if cfg.cot_teacher:  # the seed's base_model_cot: the base model allowed to reason (think prompt, no training)
+        steps += _predict_eval(cfg, BASE_COT, "cot", None, ())
     for seed in cfg.seeds:
         sft_run = run_id("sft", seed)
         sft_adapter = run_dir(cfg, sft_run) / "train"
@@ -158,7 +206,10 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
             base_args = {"model_name_or_path": cfg.model, "template": cfg.template, "dataset": cfg.dataset(data),
                          "output_dir": str(train_dir), "seed": seed}
             needs: tuple[str, ...] = ()
-            if method in cfg.from_sft:
+            if method == "cot" and method in cfg.from_sft:  # the seed's SFT model teaches; CoT-SFT starts from base
+                steps += [replace(step, needs=step.needs or (f"train {sft_run}",))
+                          for step in cot_steps(cfg, f"_{sft_run}", sft_adapter)]
+            elif method in cfg.from_sft:
                 if f"data {data}" not in {step.name for step in steps}:
                     mined = _mined_steps(cfg, set(cfg.from_sft), f"_{sft_run}", sft_adapter)
                     steps += [replace(step, needs=(f"train {sft_run}",)) for step in mined]

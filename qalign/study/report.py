@@ -17,14 +17,14 @@ from qalign.evaluators.report import load_scores
 from qalign.evaluators.scoring import METRIC_LABELS, METRICS, SUMMARY_FILE
 from qalign.io import atomic_write_json, atomic_write_text
 from qalign.study.config import StudyConfig
-from qalign.study.plan import Step, run_dir, run_id
+from qalign.study.plan import BASE_COT, Step, run_dir, run_id
 from qalign.study.plots import CURVES_FILE, METHODS_FILE, plot_methods, plot_training_curves, read_history, series
 from qalign.study.repro import reproducibility
 from qalign.study.runner import StepResult
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.json"
-NO_TEACHER = "not run: no teacher file (set cot_teacher in the study file or pass --cot-teacher)"
+NO_TEACHER = "not run: no teacher file (set cot_teacher in the study file or pass --cot-teacher FILE|self)"
 _EXAMPLES = 3
 
 
@@ -77,6 +77,8 @@ def _seed_mean(method: str, label: str, rows: list[Row]) -> Row:
 def collect_rows(cfg: StudyConfig, steps: list[Step], results: dict[str, StepResult]) -> list[Row]:
     """Base, then every method (one row per seed, plus a seed-mean row when several seeds finished)."""
     rows = [_load_row("base", "base", None, "base", cfg, steps, results)]
+    if cfg.cot_teacher:
+        rows.append(_load_row("base_model_cot", BASE_COT, None, BASE_COT, cfg, steps, results))
     for method in cfg.row_methods:
         if method == "cot" and not cfg.cot_teacher:
             rows.append(Row("cot", "cot", None, NO_TEACHER))
@@ -192,6 +194,48 @@ def curves_section(cfg: StudyConfig, rows: list[Row]) -> list[str]:
     return lines
 
 
+def teacher_section(cfg: StudyConfig, steps: list[Step], results: dict[str, StepResult]) -> list[str]:
+    """The CoT teacher: who it was, and per CoT dataset the samples drawn, kept at the threshold and dropped why."""
+    from qalign.converters.registry import read_dataset_info
+
+    kind = cfg.teacher_kind
+    if kind is None:
+        return [NO_TEACHER.replace("not run: ", "CoT-SFT not run: ")]
+    if kind == "endpoint":
+        who = f"the endpoint {_endpoint_label(cfg.cot_teacher)} (`qalign teach`)"
+    elif kind == "self":
+        sft = " + each seed's SFT adapter" if "cot" in cfg.from_sft else ""
+        who = f"the study's model `{cfg.model}`{sft} (self-distillation, `qalign teach`)"
+    else:
+        who = f"teacher file `{cfg.cot_teacher}`"
+    lines = [f"Teacher: {who}; prompt `{cfg.cot_prompt}`; a sample is kept when it has reasoning and its answer "
+             f"reaches F1 >= {cfg.cot_min_f1:g} (the best one per question).", "",
+             "| dataset | samples drawn | reached F1 threshold | kept rows | dropped (why) |",
+             "|---|---:|---:|---:|---|"]
+    try:
+        info = read_dataset_info(".")
+    except QalignError:
+        info = {}
+    for step in (s for s in steps if s.argv[:2] == ["convert", "cot"]):
+        name = step.argv[step.argv.index("--dataset") + 1]
+        meta = (info.get(name) or {}).get("qalign") or {}
+        if "drawn" not in meta:
+            result = results.get(step.name)
+            why = result.reason if result and result.reason else "not converted yet"
+            lines.append(f"| {name} | — | — | — | {_cell(why)} |")
+            continue
+        dropped = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in meta.get("dropped", {}).items() if n) or "none"
+        lines.append(f"| {name} | {meta['drawn']} | {meta.get('reached', '—')} | {meta['rows']} | {dropped} |")
+    lines += ["", "Dropped: low f1 = answer below the threshold; no reasoning = no closed <think> block; duplicate = "
+                  "another kept-quality sample of a question already kept; unmatched = not a training question."]
+    return lines
+
+
+def _endpoint_label(teacher: Any) -> str:
+    model = f" (model `{teacher['served_model']}`)" if teacher.get("served_model") else ""
+    return f"`{teacher['url']}`{model}"
+
+
 def _results_json(rows: list[Row]) -> dict[str, Any]:
     return {"rows": [{"label": r.label, "method": r.method, "seed": r.seed, "status": r.status, "run": r.run,
                       **{m: vars(r.ci[m]) for m in r.ci}} for r in rows]}
@@ -207,7 +251,8 @@ def write_report(cfg: StudyConfig, steps: list[Step], results: dict[str, StepRes
              f"train `{cfg.train}`, test `{cfg.test}`; prompt `{cfg.prompt}`, top-{cfg.top_k} passages. "
              f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", "", "## Results on the test set", "",
              *results_table(rows, cfg), "", f"![methods]({METHODS_FILE})" if drew else "No method was evaluated.",
-             "", "## Training curves", "", *curves_section(cfg, rows), "", "## Wins and losses (SubEM)", "",
+             "", "## CoT teacher", "", *teacher_section(cfg, steps, results), "",
+             "## Training curves", "", *curves_section(cfg, rows), "", "## Wins and losses (SubEM)", "",
              *wins_losses(rows), "", reproducibility(cfg, steps, results, argv)]
     atomic_write_json(cfg.output / RESULTS_FILE, _results_json(rows))
     path = cfg.output / REPORT_FILE

@@ -25,7 +25,7 @@ def _path_problems(cfg: StudyConfig) -> list[str]:
         problems.append(f"model: {cfg.model} does not exist (build it with `qalign model` or fix the path)")
     if not cfg.recipes.is_dir():
         problems.append(f"recipes: {cfg.recipes} is not a folder of recipes (e.g. recipes/smollm2-135m)")
-    if cfg.cot_teacher and not Path(cfg.cot_teacher).is_file():
+    if cfg.teacher_kind == "file" and not Path(str(cfg.cot_teacher)).is_file():
         problems.append(f"cot_teacher: {cfg.cot_teacher} is not a file")
     return problems
 
@@ -78,7 +78,7 @@ def _llamafactory_problems(cfg: StudyConfig) -> list[str]:
 
 def _mining_problems(cfg: StudyConfig) -> list[str]:
     from qalign.converters.sampling import SamplingConfig
-    from qalign.study.plan import _MINING_KEYS
+    from qalign.study.plan import _MINING_KEYS, TEACH_KEYS
     from qalign.train_args import accepts
 
     hints = get_type_hints(SamplingConfig)
@@ -90,6 +90,11 @@ def _mining_problems(cfg: StudyConfig) -> list[str]:
                             + (f"; did you mean {close[0]!r}?" if close else ""))
         elif key in hints and not accepts(hints[key], value):
             problems.append(f"mining_args.{key}={value!r} is not of type {hints[key].__name__}")
+    for key in cfg.teach_args:
+        if key not in TEACH_KEYS:
+            close = difflib.get_close_matches(key, TEACH_KEYS, n=1)
+            problems.append(f"teach_args.{key}: unknown key (known: {', '.join(TEACH_KEYS)})"
+                            + (f"; did you mean {close[0]!r}?" if close else ""))
     return problems
 
 
