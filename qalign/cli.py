@@ -32,6 +32,10 @@ def run_llamafactory(argv: list[str]) -> int:
         check_train_config(config, argv[1])  # keys, types, paths, datasets: before any model or data is loaded
     sys.argv = ["llamafactory-cli", *argv]
     llamafactory_main()
+    if argv[0] == "train" and config is not None and config.get("stage") != "grpo":  # GRPO prints its own
+        from qalign.health import report_config
+
+        report_config(config)
     return 0
 
 
