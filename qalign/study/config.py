@@ -26,10 +26,11 @@ _DEFAULTS: dict[str, Any] = {
     "top_k": 5, "prompt": "answer_only", "methods": ["sft", "dpo", "orpo", "kto", "grpo"], "seeds": [42],
     "cot_teacher": None, "cot_prompt": "think_then_answer", "cot_min_f1": 0.9, "train_limit": None,
     "test_limit": None, "output": None, "bootstrap": {}, "train_args": {}, "predict_args": {}, "mining_args": {},
-    "overrides": {}, "from_sft": [],
+    "overrides": {}, "from_sft": [], "test_split": None,
 }
 # methods that can continue the SFT adapter instead of starting from the base model (`from_sft`)
-FROM_SFT_METHODS = ("dpo", "orpo", "kto")
+FROM_SFT_METHODS = ("dpo", "orpo", "kto", "grpo")
+SPLITS = ("dev", "test", "validation")
 
 
 @dataclass
@@ -61,6 +62,7 @@ class StudyConfig:
     mining_args: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     from_sft: list[str] = field(default_factory=list)
+    split: str = "test"  # what `test` is: dev, test or validation (the report says which)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, what: str) -> str:
@@ -145,6 +147,16 @@ def _from_sft(value: Any, methods: list[str], where: str) -> list[str]:
     return [m for m in dict.fromkeys(chosen) if m in methods]
 
 
+def _split(value: Any, test: str, where: str) -> str:
+    """`test_split`, or from the test file's name: `dev` in it -> dev, else test."""
+    if value is None:
+        name = Path(test).name.lower()
+        return "dev" if "dev" in name else "validation" if "val" in name else "test"
+    if str(value) not in SPLITS:
+        raise QalignError(f"{where}: test_split must be one of {', '.join(SPLITS)}, got {value!r}.")
+    return str(value)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a study file into a mapping, with `file:line` errors."""
     return read_yaml_mapping(path, "study file", "recipes/smollm2-135m/study.yaml", _REQUIRED)
@@ -198,7 +210,7 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
         train_args=_mapping(merged["train_args"], "train_args", where),
         predict_args=_mapping(merged["predict_args"], "predict_args", where),
         mining_args=_mapping(merged["mining_args"], "mining_args", where), overrides=overrides,
-        from_sft=from_sft, raw=merged,
+        from_sft=from_sft, split=_split(merged["test_split"], str(merged["test"]), where), raw=merged,
     )
 
 

@@ -112,6 +112,7 @@ def _data_steps(cfg: StudyConfig) -> list[Step]:
     return steps
 
 
+_MINED = {"dpo", "orpo", "kto"}  # trained on data mined from the model's own samples
 _TRAIN_DATA = {"sft": "train", "cot": "cot", "dpo": "pref", "orpo": "pref", "kto": "kto", "grpo": "grpo"}
 
 
@@ -153,17 +154,20 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
             train_dir = run_dir(cfg, run) / "train"
             recipe = cfg.recipe(method)
             overrides = {k: v for k, v in cfg.overrides.get(method, {}).items() if k != "predict"}
-            data = _TRAIN_DATA[method] + (f"_{sft_run}" if method in cfg.from_sft else "")
+            mined = method in cfg.from_sft and method in _MINED  # GRPO's prompts do not depend on the SFT model
+            data = _TRAIN_DATA[method] + (f"_{sft_run}" if mined else "")
             base_args = {"model_name_or_path": cfg.model, "template": cfg.template, "dataset": cfg.dataset(data),
                          "output_dir": str(train_dir), "seed": seed}
             needs: tuple[str, ...] = ()
+            if mined and f"data {data}" not in {step.name for step in steps}:
+                mined_steps = _mined_steps(cfg, set(cfg.from_sft) & _MINED, f"_{sft_run}", sft_adapter)
+                steps += [replace(step, needs=(f"train {sft_run}",)) for step in mined_steps]
             if method in cfg.from_sft:
-                if f"data {data}" not in {step.name for step in steps}:
-                    mined = _mined_steps(cfg, set(cfg.from_sft), f"_{sft_run}", sft_adapter)
-                    steps += [replace(step, needs=(f"train {sft_run}",)) for step in mined]
-                # continue the SFT adapter; DPO/KTO's reference is base + that adapter (ORPO has none)
-                base_args |= {"adapter_name_or_path": str(sft_adapter), "ref_model": cfg.model,
-                              "ref_model_adapters": str(sft_adapter)}
+                # continue the SFT adapter; DPO/KTO's reference is base + that adapter (ORPO has none; GRPO's,
+                # when beta > 0, is the adapter-disabled base)
+                base_args["adapter_name_or_path"] = str(sft_adapter)
+                if mined:
+                    base_args |= {"ref_model": cfg.model, "ref_model_adapters": str(sft_adapter)}
                 needs = (f"train {sft_run}",)
             train = Step(f"train {run}", ["train", str(recipe), *override_args(base_args, cfg.train_args, overrides)],
                          train_dir / "train_results.json", (f"data {data}", *needs), run,
