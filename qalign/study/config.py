@@ -27,6 +27,7 @@ _DEFAULTS: dict[str, Any] = {
     "cot_teacher": None, "cot_prompt": "think_then_answer", "cot_min_f1": 0.9, "train_limit": None,
     "test_limit": None, "output": None, "bootstrap": {}, "train_args": {}, "predict_args": {}, "mining_args": {},
     "overrides": {}, "from_sft": [], "test_split": None,
+    "val_limit": None,
 }
 # methods that can continue the SFT adapter instead of starting from the base model (`from_sft`)
 FROM_SFT_METHODS = ("dpo", "orpo", "kto", "grpo")
@@ -63,6 +64,7 @@ class StudyConfig:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     from_sft: list[str] = field(default_factory=list)
     split: str = "test"  # what `test` is: dev, test or validation (the report says which)
+    val_limit: int | None = None  # score on the val_limit train-file questions after the first train_limit
     raw: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, what: str) -> str:
@@ -192,6 +194,10 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
         raise QalignError(f"{where}: bootstrap: unknown key(s) {', '.join(stray)}; known: samples, seed, level.")
     from_sft = _from_sft(merged["from_sft"], methods, where)
     teacher = merged["cot_teacher"]
+    val_limit = _number(merged["val_limit"], "val_limit", where, int, 1, optional=True)
+    if val_limit and not merged["train_limit"]:
+        raise QalignError(f"{where}: val_limit needs train_limit: the validation slice is the val_limit questions of "
+                          "the train file after the first train_limit (the ones trained on); e.g. train_limit: 1024.")
     return StudyConfig(
         name=name, model=str(merged["model"]), template=str(merged["template"]),
         recipes=_resolve(str(merged["recipes"])), train=str(merged["train"]),
@@ -210,7 +216,8 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
         train_args=_mapping(merged["train_args"], "train_args", where),
         predict_args=_mapping(merged["predict_args"], "predict_args", where),
         mining_args=_mapping(merged["mining_args"], "mining_args", where), overrides=overrides,
-        from_sft=from_sft, split=_split(merged["test_split"], str(merged["test"]), where), raw=merged,
+        from_sft=from_sft, val_limit=val_limit, raw=merged,
+        split="validation" if val_limit else _split(merged["test_split"], str(merged["test"]), where),
     )
 
 
