@@ -44,7 +44,8 @@ class ConvertJob:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ConvertJob:
         return cls(args.input, args.dataset, dataset_dir=args.dataset_dir, top_k=args.top_k, prompt=args.prompt,
-                   limit=args.limit, offset=getattr(args, "offset", 0) or 0, split=args.split, strict=args.strict, force=getattr(args, "force", False),
+                   limit=args.limit, offset=getattr(args, "offset", 0) or 0, split=args.split, strict=args.strict,
+                   force=getattr(args, "force", False),
                    kind=FORMAT_KINDS.get(getattr(args, "convert_format", None) or ""))
 
     def load(self) -> tuple[str, list[QARecord], LoadStats]:

@@ -94,9 +94,10 @@ def _mined_steps(cfg: StudyConfig, methods: set[str], suffix: str, adapter: Path
     return steps
 
 
-def _scored(cfg: StudyConfig, what: str) -> tuple[str, str, int | None, list[str]]:
-    """(source, dataset, limit, extra options) of the set every run is scored on: the test file, or with
-    `val_limit` the validation slice (the train-file questions after the first train_limit, never trained on)."""
+def _scored(cfg: StudyConfig, cot: bool = False) -> tuple[str, str, int | None, list[str]]:
+    """(source, dataset, limit, extra options) of the set every run is scored on: the test file (`test`), or with
+    `val_limit` the validation slice `val` (the train-file questions after the first train_limit, never trained on)."""
+    what = ("val" if cfg.val_limit else "test") + ("_cot" if cot else "")
     if cfg.val_limit:
         return cfg.train, what, cfg.val_limit, ["--offset", str(cfg.train_limit)]
     return cfg.test, what, cfg.test_limit, []
@@ -105,7 +106,7 @@ def _scored(cfg: StudyConfig, what: str) -> tuple[str, str, int | None, list[str
 def _data_steps(cfg: StudyConfig) -> list[Step]:
     prompt = ["--prompt", cfg.prompt]
     methods = set(cfg.methods)
-    steps = [_convert(cfg, "eval", *_scored(cfg, "test"), prompt)]
+    steps = [_convert(cfg, "eval", *_scored(cfg), prompt)]
     if "sft" in methods:
         steps.append(_used_by(cfg, _convert(cfg, "alpaca", cfg.train, "train", cfg.train_limit, [], prompt), "sft"))
     if "grpo" in methods:
@@ -117,7 +118,7 @@ def _data_steps(cfg: StudyConfig) -> list[Step]:
         cot.check = _all(_file_check(Path(cfg.cot_teacher), "cot_teacher"), cot.check)
         steps.append(_used_by(cfg, cot, "cot"))
         if cfg.cot_prompt != cfg.prompt:  # the CoT model is tested with the prompt it was trained on
-            steps.append(_convert(cfg, "eval", *_scored(cfg, "test_cot"), ["--prompt", cfg.cot_prompt]))
+            steps.append(_convert(cfg, "eval", *_scored(cfg, cot=True), ["--prompt", cfg.cot_prompt]))
     return steps
 
 
@@ -125,13 +126,14 @@ _MINED = {"dpo", "orpo", "kto"}  # trained on data mined from the model's own sa
 _TRAIN_DATA = {"sft": "train", "cot": "cot", "dpo": "pref", "orpo": "pref", "kto": "kto", "grpo": "grpo"}
 
 
-def _test_set(cfg: StudyConfig, method: str) -> str:
-    return "test_cot" if method == "cot" and cfg.cot_prompt != cfg.prompt else "test"
+def scored_set(cfg: StudyConfig, method: str) -> str:
+    """The dataset (`test`, `val`, or their `_cot` twin) that `method`'s runs are scored on."""
+    return _scored(cfg, cot=method == "cot" and cfg.cot_prompt != cfg.prompt)[1]
 
 
 def _predict_eval(cfg: StudyConfig, run: str, method: str, adapter: Path | None, needs: tuple[str, ...]) -> list[Step]:
     folder = run_dir(cfg, run)
-    test = _test_set(cfg, method)
+    test = scored_set(cfg, method)
     predict_over = cfg.overrides.get(method, {}).get("predict") or {}
     base_args = {"model_name_or_path": cfg.model, "template": cfg.template, "eval_dataset": cfg.dataset(test),
                  "output_dir": str(folder / "predict")}
