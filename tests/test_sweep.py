@@ -87,6 +87,18 @@ def test_grpo_grid_runs_each_point_once_scores_on_the_val_slice_and_writes_the_b
     assert {c[0] for c in calls} == {"train", "predict", "eval"} and all("beta0.1" in " ".join(c) for c in calls)
 
 
+def test_offset_drops_the_first_records_and_their_later_duplicates(tmp_path: Path) -> None:
+    from qalign.records import load_records
+
+    rows = [{"question": q, "answers": ["a"]} for q in ("q0", "q1", "", "q2", "Q0", "q3", "q4")]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept, _ = load_records(str(path), limit=2)
+    after, _ = load_records(str(path), limit=2, offset=2)
+    # the first 2 kept are q0, q1; after them (the empty question skipped, "Q0" a duplicate of q0): q2, q3
+    assert [r.question for r in kept] == ["q0", "q1"] and [r.question for r in after] == ["q2", "q3"]
+
+
 def test_sweep_file_errors_name_the_fix(tmp_path: Path) -> None:
     from qalign.errors import QalignError
     from qalign.sweep import load_sweep
