@@ -187,6 +187,8 @@ def test_grpo_trains_through_qalign_train(tiny_qwen3: Path, tmp_path: Path) -> N
     assert (out / "training_reward.png").exists()
     # the prompt TRL sampled from is LLaMA-Factory's qwen3_nothink rendering, as in SFT/predict
     assert "<|im_start|>user\nAnswer with the short answer." in result.stdout + result.stderr
+    # the stage prints its training-health verdict once at its end (the CLI hook leaves GRPO to it)
+    assert (result.stdout + result.stderr).count("training health (grpo, 3 logged steps): ") == 1, result.stdout
 
     from safetensors.torch import load_file
 

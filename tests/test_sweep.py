@@ -127,6 +127,10 @@ def test_the_shipped_grpo_grid_plans_on_the_sample(tmp_path: Path) -> None:
     assert len(points) == 8 and {m for m, _, _ in points} == {"grpo"} and cfg.methods == ["grpo"]
     assert cfg.overrides["grpo"]["reward_funcs"] == ["subem", "f1", "format"]
     assert cfg.overrides["cot"]["max_steps"] == 30  # the study file's overrides are kept, key by key
+    pref, points, _ = load_sweep(RECIPES / "pref-sweep.yaml", ["output=" + str(tmp_path)])
+    assert pref.methods == ["sft", "dpo", "orpo", "kto"] and pref.from_sft == ["dpo", "orpo", "kto"]
+    assert len(points) == 12 and ("kto", "pref_beta0.5_learning_rate0.0002", {"pref_beta": 0.5,
+                                                                            "learning_rate": 2.0e-4}) in points
 
 
 @pytest.mark.slow  # two SFT runs + three predictions on the tiny model (~2 min on 2 cores)
