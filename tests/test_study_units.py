@@ -217,7 +217,7 @@ def test_report_marks_runs_that_did_not_learn_and_claims_only_what_every_seed_ho
                  [{"loss": 0.693, "rewards/accuracies": 0.5}, {"loss": 0.69 if flat else 0.4,
                                                                "rewards/accuracies": 0.5 if flat else 0.9}])
     report = write_report(cfg, build_plan(cfg), {}, ["study.yaml"]).read_text()
-    assert "scored on `nq.dev.jsonl`, the **dev** split" in report
+    assert "scored on `nq.dev.jsonl`, the **dev** split" in report and "## Results on the dev set" in report
     assert re.search(r"^\| dpo \(from sft\) \(seed 3\) \| 10 \| .* \| \*\*did not learn\*\* \| ok \|$", report, re.M)
     assert re.search(r"^\| dpo \(from sft\) \(seed 1\) \| 10 \| .* \| learned \| ok \|$", report, re.M)
     assert re.search(r"^\| dpo \(from sft\) \(mean of seeds 1, 2, 3\) .* \| \*\*did not learn: seed 3\*\* \|", report,

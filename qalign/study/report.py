@@ -225,7 +225,8 @@ def write_report(cfg: StudyConfig, steps: list[Step], results: dict[str, StepRes
     claims = all_claims(rows, cfg)
     lines = [f"# Study `{cfg.name}`", "", f"Model `{cfg.model}` (template `{cfg.template}`, recipes `{cfg.recipes}`); "
              f"train `{cfg.train}`, test `{cfg.test}`; prompt `{cfg.prompt}`, top-{cfg.top_k} passages. "
-             f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", "", split_line(cfg), "", "## Results on the test set",
+             f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", "", split_line(cfg), "",
+             f"## Results on the {cfg.split} set",
              "", *results_table(rows, cfg), "", f"![methods]({METHODS_FILE})" if drew else "No method was evaluated.",
              "", "## Training health", "", *health_section(rows), "", "## Claims (seeds pooled)", "",
              *claims_section(claims, cfg), "", "## Training curves", "", *curves_section(cfg, rows), "",
