@@ -180,9 +180,13 @@ def run_health(train_dir: str | Path, stage: str | None = None, pref_loss: str =
     return judge(history, stage, pref_loss) if training_rows(history) else None
 
 
-def report_config(config: dict[str, Any]) -> Health | None:
-    """After `qalign train CONFIG`: print the verdict of the run in its output_dir (training runs only)."""
+def report_config(config: dict[str, Any], since: float = 0.0) -> Health | None:
+    """After `qalign train CONFIG`: print the verdict of the run in its output_dir (training runs only, logs written
+    at or after `since`, a time.time(), so an earlier run's logs are never reported as this one's)."""
     if not config.get("do_train") or not config.get("output_dir"):
+        return None
+    logs = [Path(config["output_dir"]) / name for name in ("trainer_state.json", "trainer_log.jsonl")]
+    if not any(path.is_file() and path.stat().st_mtime >= since for path in logs):
         return None
     health = run_health(config["output_dir"], stage_of(config), str(config.get("pref_loss") or "sigmoid"))
     if health is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -78,5 +79,6 @@ def test_logs_are_read_from_trainer_state_else_trainer_log_jsonl(tmp_path: Path,
     assert "training health (dpo, 2 logged steps): DID NOT LEARN" in capsys.readouterr().out
     (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": _dpo([0.6, 0.3], [0.7, 0.9])}))
     assert report_config(config).verdict == LEARNED  # trainer_state.json wins
+    assert report_config(config, since=time.time() + 60) is None  # logs older than this run: not reported
     assert report_config({**config, "do_train": False}) is None and stage_of({"stage": "dpo", "pref_loss": "orpo"}) \
         == "orpo"
