@@ -126,11 +126,11 @@ grpo: grpo-data
 	$(QALIGN) train $(RECIPES)/grpo.yaml model_name_or_path=$(MODEL) dataset=$(GRPO_SET) output_dir=$(OUT)/grpo \
 		max_steps=$(GRPO_STEPS) per_device_train_batch_size=$(GRPO_BATCH) $(TRAIN_ARGS)
 
-# prompt variant x num_generations x beta grid, one table (recipes/<model>/grpo-sweep.yaml)
-grpo-sweep: data grpo-data
-	$(QALIGN) convert eval --input $(NQ) --dataset $(GRPO_SET)_think --top-k $(TOP_K) --prompt think_then_answer $(if $(TRAIN_LIMIT),--limit $(TRAIN_LIMIT))
-	$(QALIGN) convert eval --input $(NQ_DEV) --dataset $(DEV_SET)_think --top-k $(TOP_K) --prompt think_then_answer $(if $(DEV_LIMIT),--limit $(DEV_LIMIT))
-	$(QALIGN) sweep $(RECIPES)/grpo-sweep.yaml model_name_or_path=$(MODEL) $(SWEEP_ARGS)
+# num_generations x beta x learning_rate grid on a validation slice of the train file, one table + best.yaml
+# (recipes/<model>/grpo-sweep.yaml; any method's keys: write a sweep file like it and `qalign sweep FILE`)
+grpo-sweep: $(if $(filter smollm2-135m,$(MODEL_NAME)),model)
+	$(QALIGN) sweep $(RECIPES)/grpo-sweep.yaml $(if $(filter command line,$(origin MODEL)),model=$(MODEL)) \
+		$(if $(filter command line,$(origin NQ)),train=$(NQ)) $(SWEEP_ARGS)
 
 # predict the dev set with the base model and every trained adapter in METHODS
 predict:

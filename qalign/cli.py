@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from qalign.errors import QalignError
 
@@ -31,7 +32,16 @@ def run_llamafactory(argv: list[str]) -> int:
     if argv[0] == "train" and config is not None:
         check_train_config(config, argv[1])  # keys, types, paths, datasets: before any model or data is loaded
     sys.argv = ["llamafactory-cli", *argv]
-    llamafactory_main()
+    started = time.time()
+    try:
+        llamafactory_main()
+    except SystemExit as exc:  # the torchrun launcher exits with the workers' status
+        if exc.code not in (0, None):
+            raise
+    if argv[0] == "train" and config is not None and config.get("stage") != "grpo":  # GRPO prints its own
+        from qalign.health import report_config
+
+        report_config(config, since=started)
     return 0
 
 

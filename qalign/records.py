@@ -201,24 +201,29 @@ def load_records(
     *,
     split: str = "train",
     limit: int | None = None,
+    offset: int = 0,
 ) -> tuple[list[QARecord], LoadStats]:
     """Read QA records from a json/jsonl(.gz) file or a Hub dataset id (`owner/name`, split `split`).
 
     Records without a question or without answers are skipped and counted (a QalignError naming
     `file:line` under `strict`); duplicate questions (after normalisation) keep the first occurrence.
-    `limit` stops reading once that many records were kept.
+    `limit` stops reading once that many records were kept. `offset` drops the first `offset` records that would
+    be kept (their questions still count as seen, so a later duplicate of one is dropped too): `--offset N
+    --limit M` is the M questions after the first N, none of them among those N.
     """
     source = str(source)
     stats = LoadStats(source=source)
     records: list[QARecord] = []
     # disable=None: a bar on a terminal, silence in logs and tests.
     with tqdm(_iter_source(source, split), desc=f"reading {Path(source).name}", unit=" rec", disable=None) as rows:
-        _collect(rows, records, stats, strict, limit)
+        _collect(rows, records, stats, strict, limit, offset)
     return records, stats
 
 
-def _collect(rows: Any, records: list[QARecord], stats: LoadStats, strict: bool, limit: int | None) -> None:
+def _collect(rows: Any, records: list[QARecord], stats: LoadStats, strict: bool, limit: int | None,
+             offset: int = 0) -> None:
     seen: dict[str, QARecord] = {}
+    skipped = 0
     explicit_ids: dict[str, str] = {}
     for location, obj in rows:
         if limit is not None and stats.kept >= limit:
@@ -256,5 +261,8 @@ def _collect(rows: Any, records: list[QARecord], stats: LoadStats, strict: bool,
         else:
             record_id = stable_id(question)
         seen[key] = record = QARecord(id=record_id, question=question, answers=answers, ctxs=ctxs)
+        if skipped < offset:  # before the offset: seen, not kept
+            skipped += 1
+            continue
         records.append(record)
         stats.kept += 1

@@ -19,6 +19,7 @@ QALIGN = [sys.executable, "-m", "qalign.cli"]
 RECIPES = REPO / "recipes" / "smollm2-135m"
 CAPITALS = [("france", "paris"), ("japan", "tokyo"), ("italy", "rome"), ("spain", "madrid"), ("peru", "lima")]
 INTERVAL = r"\d+\.\d \[\d+\.\d, \d+\.\d\]"
+VERDICT = r"\**(learned|did not learn|not measured)\**"
 
 
 def write_raw(path: Path, n: int, offset: int = 0) -> None:
@@ -83,12 +84,23 @@ def test_study_runs_reports_and_resumes(tiny_qwen3: Path, tmp_path: Path) -> Non
     report = (out / "report.md").read_text()
     for label in ["base", "base_model_cot", *(methods if second else [f"sft (seed {s})" for s in seeds]),
                   *(["cot"] if second else [])]:
-        assert re.search(rf"^\| {re.escape(label)} \| 6 \| {INTERVAL} \| {INTERVAL} \| {INTERVAL} \| ok \|$", report,
-                         re.M), f"no row with intervals for {label}:\n{report}"
+        training = "—" if label in ("base", "base_model_cot") else VERDICT
+        row = rf"^\| {re.escape(label)} \| 6 \| {INTERVAL} \| {INTERVAL} \| {INTERVAL} \| {training} \| ok \|$"
+        assert re.search(row, report, re.M), f"no row with intervals for {label}:\n{report}"
     teacher = json.loads((tmp_path / "data" / "tiny_teacher.summary.json").read_text())
     assert teacher["questions"] == 12 and teacher["asked"] == 12 and teacher["samples"] == 24
     assert re.search(r"^\| tiny_cot \| 24 \| \d+ \| \d+ \| ", report, re.M), report  # the CoT teacher section
     assert re.search(r"^\| sft.* \| [+-]\d+\.\d \[-?\d+\.\d, -?\d+\.\d\] \|", report, re.M), "no paired Δ vs base"
+    # training health: one row per trained run with its signals and a verdict, the same verdict in results.json
+    health = report.split("## Training health", 1)[1].split("## Claims (seeds pooled)", 1)[0]
+    assert "Rule: SFT learned when" in health
+    runs = [f"{m}-s{s}" for m in methods for s in seeds]
+    for run in runs:
+        stage = run.split("-")[0]
+        row = rf"^\| {run} \| {stage} \| 3 \| (loss|reward) -?\d+\.\d{{3}} → -?\d+\.\d{{3}}.* \| {VERDICT} \|"
+        assert re.search(row, health, re.M), f"no health row for {run}:\n{health}"
+    assert "Split: every run here (base and each seed) was scored on `test.jsonl`" in report
+    assert "## Claims (seeds pooled)" in report and (len(seeds) > 1 or "(1 seed(s); a claim needs 3)" in report)
     assert "## Wins and losses (SubEM)" in report and "| transformers | 4.56.2 |" in report
     assert f"| {RECIPES / 'sft.yaml'} | `" in report and "Seeds: training" in report
     for png in ("training_curves.png", "methods.png"):
@@ -96,7 +108,11 @@ def test_study_runs_reports_and_resumes(tiny_qwen3: Path, tmp_path: Path) -> Non
     results = json.loads((out / "results.json").read_text())
     base = results["rows"][0]
     assert base["label"] == "base" and base["subem"]["low"] <= base["subem"]["mean"] <= base["subem"]["high"]
-    assert list((out / "logs").glob("*train-sft*.log"))
+    verdicts = {h["run"]: h["verdict"] for h in results["training_health"]}
+    assert set(verdicts) == set(runs) and set(verdicts.values()) <= {"learned", "did not learn", "not measured"}
+    assert {r["run"]: r["training"] for r in results["rows"] if r["run"] in verdicts} == verdicts
+    sft_log = next((out / "logs").glob("*train-sft*.log")).read_text()
+    assert f"training health (sft, 3 logged steps): {verdicts[runs[0]].upper()}" in sft_log  # printed by qalign train
 
     adapters = sorted(out.glob("runs/*/train/adapter_model.safetensors"))
     assert len(adapters) == (3 if second else 4)  # sft, second/other seed, cot (one per seed without second)

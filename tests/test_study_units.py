@@ -96,10 +96,20 @@ def test_from_sft_mines_from_each_seeds_sft_run_and_continues_its_adapter() -> N
     assert "dataset=u_pref" in orpo and not any(a.startswith(("adapter_name_or_path", "ref_model")) for a in orpo)
     labels = [row.label for row in collect_rows(cfg, plan, {})]
     assert "dpo (from sft) (seed 1)" in labels and "orpo (seed 2)" in labels
-    for spec, message in [({**BASE, "from_sft": ["grpo"]}, "grpo cannot start from SFT"),
+    for spec, message in [({**BASE, "from_sft": ["ppo"]}, "ppo cannot start from SFT"),
                           ({**BASE, "methods": ["dpo"], "from_sft": "dpo"}, "sft is not in methods")]:
         with pytest.raises(QalignError, match=message):
             build_config(spec)
+
+
+def test_grpo_from_sft_continues_the_adapter_on_the_same_prompts_and_from_base_stays() -> None:
+    steps = _steps(build_config({**BASE, "methods": ["sft", "grpo"], "from_sft": ["grpo"], "seeds": [5]}))
+    grpo = steps["train grpo-s5"]
+    assert {"dataset=u_grpo", "adapter_name_or_path=reports/u/runs/sft-s5/train"} <= set(grpo.argv)
+    assert not any(a.startswith("ref_model") for a in grpo.argv)  # GRPO's KL reference: the adapter-free base
+    assert grpo.needs == ("data grpo", "train sft-s5") and not any(n.startswith("data pref") for n in steps)
+    from_base = _steps(build_config({**BASE, "methods": ["sft", "grpo"], "seeds": [5]}))["train grpo-s5"]
+    assert from_base.needs == ("data grpo",) and not any(a.startswith("adapter_name") for a in from_base.argv)
 
 
 def test_missing_converter_or_recipe_fails_only_that_method(monkeypatch, tmp_path: Path) -> None:
@@ -176,7 +186,7 @@ def test_report_figures_match_the_bootstrap(tmp_path: Path) -> None:
     assert re.search(rf"^\| sft \(seed 1\) \| {re.escape(delta.format(signed=True))} \|", report, re.M)
     mean = bootstrap_ci([(a + b) / 2 for a, b in zip(sft1.values(), sft2.values(), strict=True)], 300, 4)
     assert f"| sft (mean of seeds 1, 2) | 8 | {mean.format()} |" in report
-    assert re.search(r"^\| grpo \(seed 1\) \| — \| — \| — \| — \| not run \|$", report, re.M)
+    assert re.search(r"^\| grpo \(seed 1\) \| — \| — \| — \| — \| — \| not run \|$", report, re.M)
     # sft seed 2 wins over base on q1, q2, q6 and over seed 1 on q2, q7; base wins over seed 2 on none
     assert "| sft (seed 2) | 3 | 2 | — |" in report and "| base | — | 1 | 0 |" in report
     assert "Examples, base → best method by SubEM (`sft (seed 2)`)" in report and "**3 wins" in report
@@ -184,3 +194,51 @@ def test_report_figures_match_the_bootstrap(tmp_path: Path) -> None:
     assert (cfg.output / "methods.png").is_file() and not (cfg.output / "training_curves.png").exists()
     saved = json.loads((cfg.output / "results.json").read_text())["rows"]
     assert saved[0]["subem"] == {"mean": base_ci.mean, "low": base_ci.low, "high": base_ci.high, "n": 8}
+
+
+def _log(folder: Path, rows: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": rows}))
+
+
+def test_report_marks_runs_that_did_not_learn_and_claims_only_what_every_seed_holds(tmp_path: Path) -> None:
+    cfg = build_config({**BASE, "methods": ["sft", "dpo"], "from_sft": ["dpo"], "seeds": [1, 2, 3],
+                        "test": "nq.dev.jsonl", "output": str(tmp_path / "r"), "bootstrap": {"samples": 300}})
+    ids = [f"q{i}" for i in range(10)]
+    right = {"base": 0, "sft-s1": 4, "sft-s2": 3, "sft-s3": 5, "dpo-s1": 5, "dpo-s2": 4, "dpo-s3": 6}
+    for run, n in right.items():  # the first n questions right
+        _fake_eval(cfg.output / "runs" / run / "eval", {q: (float(i < n),) * 2 + (0.5 * (i < n),)
+                                                          for i, q in enumerate(ids)})
+        if run.startswith("sft"):
+            _log(cfg.output / "runs" / run / "train", [{"loss": 2.0}, {"loss": 1.0}])
+        elif run != "base":  # dpo seed 3 stays at ln 2
+            flat = run == "dpo-s3"
+            _log(cfg.output / "runs" / run / "train",
+                 [{"loss": 0.693, "rewards/accuracies": 0.5}, {"loss": 0.69 if flat else 0.4,
+                                                               "rewards/accuracies": 0.5 if flat else 0.9}])
+    report = write_report(cfg, build_plan(cfg), {}, ["study.yaml"]).read_text()
+    assert "scored on `nq.dev.jsonl`, the **dev** split" in report and "## Results on the dev set" in report
+    assert re.search(r"^\| dpo \(from sft\) \(seed 3\) \| 10 \| .* \| \*\*did not learn\*\* \| ok \|$", report, re.M)
+    assert re.search(r"^\| dpo \(from sft\) \(seed 1\) \| 10 \| .* \| learned \| ok \|$", report, re.M)
+    assert re.search(r"^\| dpo \(from sft\) \(mean of seeds 1, 2, 3\) .* \| \*\*did not learn: seed 3\*\* \|", report,
+                     re.M)
+    health = report.split("## Training health", 1)[1].split("## Claims", 1)[0]
+    assert "Rule: SFT learned when" in health and "| sft-s1 | sft | 2 | loss 2.000 → 1.000 | learned |" in health
+    assert "| dpo-s3 | dpo | 2 | loss 0.693 → 0.690; rewards/accuracies 0.500 → 0.500 | **did not learn** |" in health
+
+    claims = report.split("## Claims (seeds pooled)", 1)[1].split("## Training curves", 1)[0]
+    # sft vs base: +40, +30, +50 per seed; pooled per question: q0-q2 1, q3 2/3, q4 1/3, the rest 0
+    pooled = bootstrap_ci([1, 1, 1, 2 / 3, 1 / 3, 0, 0, 0, 0, 0], 300, 0)
+    assert f"| sft | base | SubEM | 1, 2, 3 | +40.0, +30.0, +50.0 | +40.0 | {pooled.format(signed=True)} | sft beats " \
+           "base on SubEM |" in claims
+    # dpo vs sft: +10 on every seed, but seed 3 never left ln 2: no claim
+    dpo = bootstrap_ci([0, 0, 0, 1 / 3, 1 / 3, 1 / 3, 0, 0, 0, 0], 300, 0)
+    assert f"| dpo (from sft) | sft | SubEM | 1, 2, 3 | +10.0, +10.0, +10.0 | +10.0 | {dpo.format(signed=True)} | " \
+           "no difference found (dpo seed 3 did not visibly learn) |" in claims
+    assert "Claims that hold: sft beats base on SubEM; sft beats base on F1." in claims
+    saved = json.loads((cfg.output / "results.json").read_text())
+    assert saved["test_split"] == "dev" and {h["run"]: h["verdict"] for h in saved["training_health"]}["dpo-s3"] == \
+        "did not learn"
+    first = saved["claims"][0]
+    assert first["method"] == "sft" and first["per_seed"] == pytest.approx([0.4, 0.3, 0.5])
+    assert [r["training"] for r in saved["rows"][:2]] == [None, "learned"]

@@ -55,6 +55,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, passages: bool = Tr
                                  "or a .txt file with {question} and {passages} (default: answer_only)")
     parser.add_argument("--limit", type=_count, default=None, metavar="N",
                         help="stop after N usable records (after de-duplication)")
+    parser.add_argument("--offset", type=_count, default=0, metavar="N",
+                        help="drop the first N usable records (e.g. a validation slice after the training rows: "
+                             "--offset 1024 --limit 100); their duplicates later in the file are dropped too")
     parser.add_argument("--split", default="train", help="split to read from a Hugging Face dataset (default: train)")
     parser.add_argument("--dataset-dir", default=".", metavar="DIR",
                         help="LLaMA-Factory dataset_dir holding dataset_info.json (default: current folder)")

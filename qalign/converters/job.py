@@ -30,6 +30,7 @@ class ConvertJob:
     top_k: int = 5
     prompt: str = "answer_only"
     limit: int | None = None
+    offset: int = 0
     split: str = "train"
     strict: bool = False
     force: bool = False
@@ -43,7 +44,8 @@ class ConvertJob:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ConvertJob:
         return cls(args.input, args.dataset, dataset_dir=args.dataset_dir, top_k=args.top_k, prompt=args.prompt,
-                   limit=args.limit, split=args.split, strict=args.strict, force=getattr(args, "force", False),
+                   limit=args.limit, offset=getattr(args, "offset", 0) or 0, split=args.split, strict=args.strict,
+                   force=getattr(args, "force", False),
                    kind=FORMAT_KINDS.get(getattr(args, "convert_format", None) or ""))
 
     def load(self) -> tuple[str, list[QARecord], LoadStats]:
@@ -51,7 +53,8 @@ class ConvertJob:
         first, so a bad prompt or a refused name fails before a large input is read."""
         template = load_prompt(self.prompt)
         check_target(self.dataset_dir, self.name, self.kind, self.force)
-        records, stats = load_records(self.source, self.strict, split=self.split, limit=self.limit)
+        records, stats = load_records(self.source, self.strict, split=self.split, limit=self.limit,
+                                      offset=self.offset)
         return template, records, stats
 
     def entry(self, kind: str, rows: int, **extra: Any) -> dict[str, Any]:

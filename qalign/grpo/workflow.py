@@ -93,6 +93,10 @@ def run_grpo(
     trainer.save_state()
     if trainer.is_world_process_zero() and finetuning_args.plot_loss:
         plot_loss(training_args.output_dir, keys=["loss", "reward"])
+    if trainer.is_world_process_zero():  # the verdict `qalign train` prints for every stage
+        from qalign.health import judge
+
+        print(judge(trainer.state.log_history, "grpo").line(), flush=True)
 
     create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)
 

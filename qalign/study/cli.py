@@ -16,7 +16,9 @@ seeds, cot_teacher (a teacher file, `self`, or an endpoint {url, served_model, a
 (options of `qalign teach`), cot_prompt, cot_min_f1, train_limit, test_limit, output (default reports/NAME),
 bootstrap {samples, seed, level}, train_args / predict_args (LLaMA-Factory keys for every run), mining_args
 (sampling options of `qalign convert preference|kto`), overrides {METHOD: {key: value, predict: {...}}},
-from_sft (of dpo, orpo, kto: mine from and continue each seed's SFT run instead of starting from the base model).
+from_sft (of dpo, orpo, kto: mine from and continue each seed's SFT run; grpo: continue it on the same prompts),
+test_split (dev or test: what the report says the runs were scored on), val_limit (score on that many train-file
+questions after the first train_limit instead of the test file: what `qalign sweep` uses).
 Training keys, later wins: recipe < study keys (model, template, dataset, output_dir, seed) < train_args <
 overrides.METHOD. Give KEY=VALUE assignments before the --options.
 

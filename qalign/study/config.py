@@ -26,15 +26,17 @@ _DEFAULTS: dict[str, Any] = {
     "top_k": 5, "prompt": "answer_only", "methods": ["sft", "dpo", "orpo", "kto", "grpo"], "seeds": [42],
     "cot_teacher": None, "cot_prompt": "think_then_answer", "cot_min_f1": 0.9, "train_limit": None,
     "test_limit": None, "output": None, "bootstrap": {}, "train_args": {}, "predict_args": {}, "mining_args": {},
-    "overrides": {}, "from_sft": [], "teach_args": {},
+    "overrides": {}, "from_sft": [], "teach_args": {}, "test_split": None,
+    "val_limit": None,
 }
 # methods that can continue the SFT adapter instead of starting from the base model (`from_sft`); for cot
 # (teacher `self`) the SFT model of the seed is the teacher
-FROM_SFT_METHODS = ("dpo", "orpo", "kto", "cot")
+FROM_SFT_METHODS = ("dpo", "orpo", "kto", "grpo", "cot")
 SELF_TEACHER = "self"
 _ENDPOINT_KEYS = ("url", "served_model", "api_key_env")
 # Teacher = str (a teacher file), "self" (the study's model), or {url, served_model?, api_key_env?} (an endpoint)
 Teacher = str | dict[str, str] | None
+SPLITS = ("dev", "test", "validation")
 
 
 @dataclass
@@ -67,6 +69,8 @@ class StudyConfig:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     from_sft: list[str] = field(default_factory=list)
     teach_args: dict[str, Any] = field(default_factory=dict)
+    split: str = "test"  # what `test` is: dev, test or validation (the report says which)
+    val_limit: int | None = None  # score on the val_limit train-file questions after the first train_limit
     raw: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, what: str) -> str:
@@ -182,6 +186,16 @@ def _teacher(value: Any, where: str) -> Teacher:
     return str(_resolve(text))
 
 
+def _split(value: Any, test: str, where: str) -> str:
+    """`test_split`, or from the test file's name: `dev` in it -> dev, else test."""
+    if value is None:
+        name = Path(test).name.lower()
+        return "dev" if "dev" in name else "validation" if "val" in name else "test"
+    if str(value) not in SPLITS:
+        raise QalignError(f"{where}: test_split must be one of {', '.join(SPLITS)}, got {value!r}.")
+    return str(value)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a study file into a mapping, with `file:line` errors."""
     return read_yaml_mapping(path, "study file", "recipes/smollm2-135m/study.yaml", _REQUIRED)
@@ -220,6 +234,10 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
     if "cot" in from_sft and teacher != SELF_TEACHER:
         raise QalignError(f"{where}: from_sft: cot makes each seed's SFT model the teacher; that needs "
                           "cot_teacher: self.")
+    val_limit = _number(merged["val_limit"], "val_limit", where, int, 1, optional=True)
+    if val_limit and not merged["train_limit"]:
+        raise QalignError(f"{where}: val_limit needs train_limit: the validation slice is the val_limit questions of "
+                          "the train file after the first train_limit (the ones trained on); e.g. train_limit: 1024.")
     return StudyConfig(
         name=name, model=str(merged["model"]), template=str(merged["template"]),
         recipes=_resolve(str(merged["recipes"])), train=str(merged["train"]),
@@ -238,7 +256,8 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
         train_args=_mapping(merged["train_args"], "train_args", where),
         predict_args=_mapping(merged["predict_args"], "predict_args", where),
         mining_args=_mapping(merged["mining_args"], "mining_args", where), overrides=overrides,
-        from_sft=from_sft, teach_args=_mapping(merged["teach_args"], "teach_args", where), raw=merged,
+        from_sft=from_sft, teach_args=_mapping(merged["teach_args"], "teach_args", where), val_limit=val_limit,
+        raw=merged, split="validation" if val_limit else _split(merged["test_split"], str(merged["test"]), where),
     )
 
 

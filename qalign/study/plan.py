@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from qalign.overrides import override_args, override_value
 from qalign.paths import dataset_file, samples_file
@@ -100,10 +101,19 @@ def _mined_steps(cfg: StudyConfig, methods: set[str], suffix: str, adapter: Path
     return steps
 
 
+def _scored(cfg: StudyConfig, cot: bool = False) -> tuple[str, str, int | None, list[str]]:
+    """(source, dataset, limit, extra options) of the set every run is scored on: the test file (`test`), or with
+    `val_limit` the validation slice `val` (the train-file questions after the first train_limit, never trained on)."""
+    what = ("val" if cfg.val_limit else "test") + ("_cot" if cot else "")
+    if cfg.val_limit:
+        return cfg.train, what, cfg.val_limit, ["--offset", str(cfg.train_limit)]
+    return cfg.test, what, cfg.test_limit, []
+
+
 def _data_steps(cfg: StudyConfig) -> list[Step]:
     prompt = ["--prompt", cfg.prompt]
     methods = set(cfg.methods)
-    steps = [_convert(cfg, "eval", cfg.test, "test", cfg.test_limit, [], prompt)]
+    steps = [_convert(cfg, "eval", *_scored(cfg), prompt)]
     if "sft" in methods:
         steps.append(_used_by(cfg, _convert(cfg, "alpaca", cfg.train, "train", cfg.train_limit, [], prompt), "sft"))
     if "grpo" in methods:
@@ -113,7 +123,7 @@ def _data_steps(cfg: StudyConfig) -> list[Step]:
         if "cot" not in cfg.from_sft:
             steps += cot_steps(cfg, "", None)
         if cfg.cot_prompt != cfg.prompt:  # the CoT model is tested with the prompt it was trained on
-            steps.append(_convert(cfg, "eval", cfg.test, "test_cot", cfg.test_limit, [], ["--prompt", cfg.cot_prompt]))
+            steps.append(_convert(cfg, "eval", *_scored(cfg, cot=True), ["--prompt", cfg.cot_prompt]))
     return steps
 
 
@@ -159,16 +169,18 @@ def cot_steps(cfg: StudyConfig, suffix: str, adapter: Path | None) -> list[Step]
     return [*steps, _used_by(cfg, cot, "cot")]
 
 
+_MINED = {"dpo", "orpo", "kto"}  # trained on data mined from the model's own samples
 _TRAIN_DATA = {"sft": "train", "cot": "cot", "dpo": "pref", "orpo": "pref", "kto": "kto", "grpo": "grpo"}
 
 
-def _test_set(cfg: StudyConfig, method: str) -> str:
-    return "test_cot" if method == "cot" and cfg.cot_prompt != cfg.prompt else "test"
+def scored_set(cfg: StudyConfig, method: str) -> str:
+    """The dataset (`test`, `val`, or their `_cot` twin) that `method`'s runs are scored on."""
+    return _scored(cfg, cot=method == "cot" and cfg.cot_prompt != cfg.prompt)[1]
 
 
 def _predict_eval(cfg: StudyConfig, run: str, method: str, adapter: Path | None, needs: tuple[str, ...]) -> list[Step]:
     folder = run_dir(cfg, run)
-    test = _test_set(cfg, method)
+    test = scored_set(cfg, method)
     predict_over = cfg.overrides.get(method, {}).get("predict") or {}
     base_args = {"model_name_or_path": cfg.model, "template": cfg.template, "eval_dataset": cfg.dataset(test),
                  "output_dir": str(folder / "predict")}
@@ -185,6 +197,42 @@ def _predict_eval(cfg: StudyConfig, run: str, method: str, adapter: Path | None,
     ]
 
 
+def _method_steps(cfg: StudyConfig, steps: list[Step], method: str, seed: int, run: str,
+                  grid: dict[str, Any] | None = None) -> None:
+    """Append `run`'s train/predict/eval steps (and the mined data of its seed's SFT run when it continues it);
+    `grid` (a sweep point's recipe keys) comes after the method's overrides, so it wins."""
+    sft_run = run_id("sft", seed)
+    sft_adapter = run_dir(cfg, sft_run) / "train"
+    train_dir = run_dir(cfg, run) / "train"
+    recipe = cfg.recipe(method)
+    overrides = {k: v for k, v in cfg.overrides.get(method, {}).items() if k != "predict"} | (grid or {})
+    mined = method in cfg.from_sft and method in _MINED  # GRPO's prompts do not depend on the SFT model
+    taught = method == "cot" and method in cfg.from_sft  # the seed's SFT model teaches; CoT-SFT starts from base
+    data = _TRAIN_DATA[method] + (f"_{sft_run}" if mined or taught else "")
+    base_args = {"model_name_or_path": cfg.model, "template": cfg.template, "dataset": cfg.dataset(data),
+                 "output_dir": str(train_dir), "seed": seed}
+    needs: tuple[str, ...] = ()
+    if mined and f"data {data}" not in {step.name for step in steps}:
+        mined_steps = _mined_steps(cfg, set(cfg.from_sft) & _MINED, f"_{sft_run}", sft_adapter)
+        steps += [replace(step, needs=(f"train {sft_run}",)) for step in mined_steps]
+    if taught:
+        steps += [replace(step, needs=step.needs or (f"train {sft_run}",))
+                  for step in cot_steps(cfg, f"_{sft_run}", sft_adapter)]
+        needs = (f"train {sft_run}",)
+    elif method in cfg.from_sft:
+        # continue the SFT adapter; DPO/KTO's reference is base + that adapter (ORPO has none; GRPO's,
+        # when beta > 0, is the adapter-disabled base)
+        base_args["adapter_name_or_path"] = str(sft_adapter)
+        if mined:
+            base_args |= {"ref_model": cfg.model, "ref_model_adapters": str(sft_adapter)}
+        needs = (f"train {sft_run}",)
+    train = Step(f"train {run}", ["train", str(recipe), *override_args(base_args, cfg.train_args, overrides)],
+                 train_dir / "train_results.json", (f"data {data}", *needs), run,
+                 _file_check(recipe, f"no {method.upper()} recipe for this model"))
+    steps.append(train)
+    steps += _predict_eval(cfg, run, method, train_dir, (train.name,))
+
+
 def build_plan(cfg: StudyConfig) -> list[Step]:
     """Every step of the study in run order: data, base predictions, then per seed and method train/predict/eval
     (methods in `from_sft`: after SFT, their data mined from the SFT model, training continuing its adapter)."""
@@ -193,35 +241,22 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
     if cfg.cot_teacher:  # the seed's base_model_cot: the base model allowed to reason (think prompt, no training)
         steps += _predict_eval(cfg, BASE_COT, "cot", None, ())
     for seed in cfg.seeds:
-        sft_run = run_id("sft", seed)
-        sft_adapter = run_dir(cfg, sft_run) / "train"
         for method in cfg.row_methods:
-            if method == "cot" and not cfg.cot_teacher:
-                continue
-            run = run_id(method, seed)
-            train_dir = run_dir(cfg, run) / "train"
-            recipe = cfg.recipe(method)
-            overrides = {k: v for k, v in cfg.overrides.get(method, {}).items() if k != "predict"}
-            data = _TRAIN_DATA[method] + (f"_{sft_run}" if method in cfg.from_sft else "")
-            base_args = {"model_name_or_path": cfg.model, "template": cfg.template, "dataset": cfg.dataset(data),
-                         "output_dir": str(train_dir), "seed": seed}
-            needs: tuple[str, ...] = ()
-            if method == "cot" and method in cfg.from_sft:  # the seed's SFT model teaches; CoT-SFT starts from base
-                steps += [replace(step, needs=step.needs or (f"train {sft_run}",))
-                          for step in cot_steps(cfg, f"_{sft_run}", sft_adapter)]
-            elif method in cfg.from_sft:
-                if f"data {data}" not in {step.name for step in steps}:
-                    mined = _mined_steps(cfg, set(cfg.from_sft), f"_{sft_run}", sft_adapter)
-                    steps += [replace(step, needs=(f"train {sft_run}",)) for step in mined]
-                # continue the SFT adapter; DPO/KTO's reference is base + that adapter (ORPO has none)
-                base_args |= {"adapter_name_or_path": str(sft_adapter), "ref_model": cfg.model,
-                              "ref_model_adapters": str(sft_adapter)}
-                needs = (f"train {sft_run}",)
-            train = Step(f"train {run}", ["train", str(recipe), *override_args(base_args, cfg.train_args, overrides)],
-                         train_dir / "train_results.json", (f"data {data}", *needs), run,
-                         _file_check(recipe, f"no {method.upper()} recipe for this model"))
-            steps.append(train)
-            steps += _predict_eval(cfg, run, method, train_dir, (train.name,))
+            if method != "cot" or cfg.cot_teacher:
+                _method_steps(cfg, steps, method, seed, run_id(method, seed))
+    return steps
+
+
+def build_sweep_plan(cfg: StudyConfig, points: list[tuple[str, str, dict[str, Any]]]) -> list[Step]:
+    """A sweep: the study's data and base steps, then per seed every grid point (method, setting name, recipe
+    keys) as run `<method>-<setting>-s<seed>`; methods that continue SFT get the default SFT run of their seed."""
+    steps = _data_steps(cfg)
+    steps += _predict_eval(cfg, "base", "base", None, ())
+    for seed in cfg.seeds:
+        if any(method in cfg.from_sft for method, _, _ in points):
+            _method_steps(cfg, steps, "sft", seed, run_id("sft", seed))
+        for method, setting, grid in points:
+            _method_steps(cfg, steps, method, seed, run_id(f"{method}-{setting}", seed), grid)
     return steps
 
 

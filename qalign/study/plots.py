@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from qalign.health import read_history  # noqa: F401 (re-exported for the report)
 from qalign.io import atomic_target
 
 CURVES_FILE = "training_curves.png"
 METHODS_FILE = "methods.png"
-
-
-def read_history(train_dir: Path) -> list[dict[str, Any]]:
-    """Trainer log rows of a run: trainer_state.json's log_history, else LLaMA-Factory's trainer_log.jsonl."""
-    try:
-        return list(json.loads((train_dir / "trainer_state.json").read_text(encoding="utf-8"))["log_history"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    try:
-        lines = (train_dir / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
-        return [{**row, "step": row.get("current_steps", row.get("step"))} for row in rows]
-    except (OSError, ValueError):
-        return []
 
 
 def series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:

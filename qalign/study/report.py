@@ -15,7 +15,9 @@ from qalign.errors import QalignError
 from qalign.evaluators.bootstrap import Interval, bootstrap_ci, paired_bootstrap, scores_by_id
 from qalign.evaluators.report import load_scores
 from qalign.evaluators.scoring import METRIC_LABELS, METRICS, SUMMARY_FILE
+from qalign.health import Health
 from qalign.io import atomic_write_json, atomic_write_text
+from qalign.study.claims import all_claims, claims_section, health_section, row_health, training_cell
 from qalign.study.config import StudyConfig
 from qalign.study.plan import BASE_COT, Step, run_dir, run_id
 from qalign.study.plots import CURVES_FILE, METHODS_FILE, plot_methods, plot_training_curves, read_history, series
@@ -40,6 +42,7 @@ class Row:
     details: dict[str, dict[str, Any]] = field(default_factory=dict)  # question id -> scores.jsonl row
     run: str | None = None
     ci: dict[str, Interval] = field(default_factory=dict)
+    health: Health | None = None  # training health of a trained run (None for base, seed means, missing logs)
 
     @property
     def ok(self) -> bool:
@@ -62,8 +65,9 @@ def _load_row(label: str, method: str, seed: int | None, run: str, cfg: StudyCon
     if not (eval_dir / SUMMARY_FILE).is_file():
         return Row(label, method, seed, _why_not(run, steps, results), run=run)
     rows = load_scores(eval_dir)
+    health = row_health(cfg, method, run_dir(cfg, run) / "train") if seed is not None else None
     return Row(label, method, seed, "ok", {m: scores_by_id(rows, m) for m in METRICS},
-               {str(r["id"]): r for r in rows}, run)
+               {str(r["id"]): r for r in rows}, run, health=health)
 
 
 def _seed_mean(method: str, label: str, rows: list[Row]) -> Row:
@@ -122,12 +126,14 @@ def _delta(row: Row, ref: Row | None, metric: str, cfg: StudyConfig) -> str:
 def results_table(rows: list[Row], cfg: StudyConfig) -> list[str]:
     """The main table and the paired-differences table (markdown lines)."""
     pct = f"{100 * cfg.level:g}%"
-    lines = ["| method | n | SubEM | EM | F1 | status |", "|---|---:|---:|---:|---:|---|"]
+    lines = ["| method | n | SubEM | EM | F1 | training | status |", "|---|---:|---:|---:|---:|---|---|"]
     for row in rows:
         cells = ([str(row.ci["subem"].n), *(row.ci[m].format() for m in METRICS)] if row.ok else ["—"] * 4)
-        lines.append("| " + " | ".join(_cell(c) for c in [row.label, *cells, row.status]) + " |")
+        lines.append("| " + " | ".join(_cell(c) for c in [row.label, *cells, training_cell(row, rows), row.status])
+                     + " |")
     lines += ["", f"Scores in % of test questions with {pct} percentile-bootstrap intervals over questions "
-                  f"({cfg.bootstrap_samples} resamples, seed {cfg.bootstrap_seed}).", "",
+                  f"({cfg.bootstrap_samples} resamples, seed {cfg.bootstrap_seed}). training = the run's verdict in "
+                  "Training health: a row marked **did not learn** is not a method's effect.", "",
               f"### Differences (paired bootstrap, {pct})", "",
               "| method | " + " | ".join(f"Δ{METRIC_LABELS[m]} vs base" for m in METRICS) + " | "
               + " | ".join(f"Δ{METRIC_LABELS[m]} vs SFT" for m in METRICS) + " |",
@@ -138,7 +144,9 @@ def results_table(rows: list[Row], cfg: StudyConfig) -> list[str]:
             continue
         sft = None if row.method == "sft" else _reference(row, rows, "sft")
         cells = [_delta(row, base, m, cfg) for m in METRICS] + [_delta(row, sft, m, cfg) for m in METRICS]
-        lines.append("| " + " | ".join(_cell(c) for c in [row.label, *cells]) + " |")
+        flat = row.health is not None and not row.health.learned
+        label = f"{row.label} (**{row.health.verdict}**)" if flat and row.health else row.label
+        lines.append("| " + " | ".join(_cell(c) for c in [label, *cells]) + " |")
     lines += ["", "Δ = method − reference in points, on the questions both answered (joined by id); the interval "
                   "resamples questions, the same ones for both. vs SFT compares with the SFT run of the same seed."]
     return lines
@@ -236,9 +244,20 @@ def _endpoint_label(teacher: Any) -> str:
     return f"`{teacher['url']}`{model}"
 
 
-def _results_json(rows: list[Row]) -> dict[str, Any]:
-    return {"rows": [{"label": r.label, "method": r.method, "seed": r.seed, "status": r.status, "run": r.run,
-                      **{m: vars(r.ci[m]) for m in r.ci}} for r in rows]}
+def _results_json(rows: list[Row], cfg: StudyConfig, claims: list) -> dict[str, Any]:
+    return {"test": cfg.test, "test_split": cfg.split,
+            "rows": [{"label": r.label, "method": r.method, "seed": r.seed, "status": r.status, "run": r.run,
+                      "training": r.health.verdict if r.health else None, **{m: vars(r.ci[m]) for m in r.ci}}
+                     for r in rows],
+            "training_health": [{"run": r.run, **r.health.as_dict()} for r in rows if r.health is not None],
+            "claims": [claim.as_dict() for claim in claims]}
+
+
+def split_line(cfg: StudyConfig) -> str:
+    """Which split every run of this report was scored on (dev or test), and that nothing was chosen on it."""
+    where = {"dev": "the **dev** split", "test": "the **test** split", "validation": "a **validation** slice"}
+    return (f"Split: every run here (base and each seed) was scored on `{cfg.test}`, "
+            f"{where.get(cfg.split, f'split `{cfg.split}`')} (`test_split`); no run was scored on another split.")
 
 
 def write_report(cfg: StudyConfig, steps: list[Step], results: dict[str, StepResult], argv: list[str]) -> Path:
@@ -247,14 +266,17 @@ def write_report(cfg: StudyConfig, steps: list[Step], results: dict[str, StepRes
     bars = {r.label: {METRIC_LABELS[m]: (r.ci[m].mean, r.ci[m].low, r.ci[m].high) for m in METRICS}
             for r in rows if r.ok}
     drew = plot_methods(bars, cfg.output / METHODS_FILE)
+    claims = all_claims(rows, cfg)
     lines = [f"# Study `{cfg.name}`", "", f"Model `{cfg.model}` (template `{cfg.template}`, recipes `{cfg.recipes}`); "
              f"train `{cfg.train}`, test `{cfg.test}`; prompt `{cfg.prompt}`, top-{cfg.top_k} passages. "
-             f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", "", "## Results on the test set", "",
-             *results_table(rows, cfg), "", f"![methods]({METHODS_FILE})" if drew else "No method was evaluated.",
+             f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", "", split_line(cfg), "",
+             f"## Results on the {cfg.split} set",
+             "", *results_table(rows, cfg), "", f"![methods]({METHODS_FILE})" if drew else "No method was evaluated.",
              "", "## CoT teacher", "", *teacher_section(cfg, steps, results), "",
-             "## Training curves", "", *curves_section(cfg, rows), "", "## Wins and losses (SubEM)", "",
-             *wins_losses(rows), "", reproducibility(cfg, steps, results, argv)]
-    atomic_write_json(cfg.output / RESULTS_FILE, _results_json(rows))
+             "## Training health", "", *health_section(rows), "", "## Claims (seeds pooled)", "",
+             *claims_section(claims, cfg), "", "## Training curves", "", *curves_section(cfg, rows), "",
+             "## Wins and losses (SubEM)", "", *wins_losses(rows), "", reproducibility(cfg, steps, results, argv)]
+    atomic_write_json(cfg.output / RESULTS_FILE, _results_json(rows, cfg, claims))
     path = cfg.output / REPORT_FILE
     atomic_write_text(path, "\n".join(lines))
     return path

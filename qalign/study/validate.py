@@ -17,7 +17,7 @@ def _path_problems(cfg: StudyConfig) -> list[str]:
     from qalign.train_args import looks_local
 
     problems = []
-    for key in ("train", "test"):
+    for key in ("train",) if cfg.val_limit else ("train", "test"):  # val_limit: scored on the train file
         value = getattr(cfg, key)
         if not Path(value).is_file() and not looks_like_hf_id(value):
             problems.append(f"{key}: {value} is not a file (nor a Hub id owner/name)")
