@@ -24,6 +24,6 @@ def dataset_file(name: str, dataset_dir: str | os.PathLike = ".") -> Path:
     return Path(dataset_dir) / dataset_file_name(name)
 
 
-def samples_file(name: str, dataset_dir: str | os.PathLike = ".") -> Path:
-    """The sample cache of a mined dataset (or of a study's shared mining run)."""
-    return Path(dataset_dir) / DATA_FOLDER / f"{name}.samples.jsonl"
+def jsonl_file(stem: str, dataset_dir: str | os.PathLike = ".") -> Path:
+    """A jsonl beside the datasets: a sample cache (`<name>.samples`, or a study's shared `<study>_samples`)."""
+    return Path(dataset_dir) / DATA_FOLDER / f"{stem}.jsonl"

@@ -94,9 +94,10 @@ def test_study_runs_reports_and_resumes(tiny_qwen3: Path, tmp_path: Path) -> Non
     # training health: one row per trained run with its signals and a verdict, the same verdict in results.json
     health = report.split("## Training health", 1)[1].split("## Claims (seeds pooled)", 1)[0]
     assert "Rule: SFT learned when" in health
-    runs = [f"{m}-s{s}" for m in methods for s in seeds]
+    trained = [*methods, *(["cot"] if second else [])]  # CoT-SFT trains too (an SFT stage)
+    runs = [f"{m}-s{s}" for m in trained for s in seeds]
     for run in runs:
-        stage = run.split("-")[0]
+        stage = {"cot": "sft"}.get(run.split("-")[0], run.split("-")[0])
         row = rf"^\| {run} \| {stage} \| 3 \| (loss|reward) -?\d+\.\d{{3}} → -?\d+\.\d{{3}}.* \| {VERDICT} \|"
         assert re.search(row, health, re.M), f"no health row for {run}:\n{health}"
     assert "Split: every run here (base and each seed) was scored on `test.jsonl`" in report

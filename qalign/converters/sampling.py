@@ -27,7 +27,7 @@ from qalign.converters.job import ConvertJob
 from qalign.converters.prompts import render_prompt
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import f1_score, score_all, substring_exact_match
-from qalign.paths import samples_file
+from qalign.paths import jsonl_file
 from qalign.records import LoadStats
 
 Strategy = Literal["subem", "f1"]
@@ -79,7 +79,7 @@ def is_correct(text: str, answers: list[str], strategy: Strategy = "subem", thre
 
 
 def default_cache_path(dataset_dir: str | Path, name: str) -> Path:
-    return samples_file(name, dataset_dir)
+    return jsonl_file(f"{name}.samples", dataset_dir)
 
 
 def read_cache(path: str | Path, header_key: str = "qalign_samples",

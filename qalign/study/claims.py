@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from qalign.evaluators.bootstrap import Interval, bootstrap_ci, paired_values
 from qalign.evaluators.scoring import METRIC_LABELS
 from qalign.health import FLAT, LEARNED, RULES, Health, run_health
+from qalign.study.plan import BASE_COT
 
 if TYPE_CHECKING:
     from qalign.study.config import StudyConfig
@@ -31,9 +32,12 @@ def row_health(cfg: StudyConfig, method: str, train_dir: Any) -> Health | None:
     return run_health(train_dir, STAGE.get(method), str(pref_loss))
 
 
+UNTRAINED = ("base", BASE_COT)  # rows of the base model (with the answer or the CoT prompt): nothing trained
+
+
 def training_cell(row: Row, rows: list[Row]) -> str:
     """The results table's `training` cell: the run's verdict; a seed-mean row: which seeds did not learn."""
-    if not row.ok or row.method == "base":
+    if not row.ok or row.method in UNTRAINED:
         return "—"
     if row.seed is not None:
         verdict = row.health.verdict if row.health else "not measured"

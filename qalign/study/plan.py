@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qalign.overrides import override_args, override_value
-from qalign.paths import dataset_file, samples_file
+from qalign.paths import dataset_file, jsonl_file
 from qalign.study.config import StudyConfig
 
 # Only these keys of `mining_args` reach `qalign convert preference|kto`, as --dashed-options.
@@ -85,7 +85,7 @@ def _mined_steps(cfg: StudyConfig, methods: set[str], suffix: str, adapter: Path
     """DPO/ORPO pairs and KTO labels from the model's own samples (drawn once, shared by both through one cache);
     with `adapter`, sampled from the model + that LoRA adapter. Datasets `<name>_pref<suffix>`, `<name>_kto<suffix>`."""
     mining = ["--model", cfg.model, "--template", cfg.template,
-              "--samples", str(samples_file(f"{cfg.name}{suffix}"))]  # one cache shared by pref and kto
+              "--samples", str(jsonl_file(f"{cfg.name}_samples{suffix}"))]  # one cache shared by pref and kto
     if adapter is not None:
         mining += ["--adapter", str(adapter)]
     for key in _MINING_KEYS:
@@ -131,7 +131,7 @@ def teacher_file(cfg: StudyConfig, suffix: str) -> Path:
     """The teacher file: cot_teacher itself, or the one `qalign teach` writes for teacher self / an endpoint."""
     if cfg.teacher_kind == "file":
         return Path(str(cfg.cot_teacher))
-    return Path("data") / f"{cfg.name}_teacher{suffix}.jsonl"
+    return jsonl_file(f"{cfg.name}_teacher{suffix}")
 
 
 def _teach_step(cfg: StudyConfig, suffix: str, adapter: Path | None) -> Step:
