@@ -22,8 +22,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from qalign.converters.cot import COT_PROMPT, DEFAULT_MIN_F1, TEACHER_HEADER, split_output
-from qalign.converters.prompts import load_prompt, prompt_name, render_prompt
-from qalign.converters.sampling import Question, SamplingConfig, read_cache
+from qalign.converters.prompts import load_prompt, prompt_name
+from qalign.converters.sampling import Question, SamplingConfig, prompted_questions, read_cache
 from qalign.endpoint import DEFAULT_KEY_ENV, EndpointConfig
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import f1_score
@@ -57,13 +57,7 @@ def load_teach_questions(args: argparse.Namespace) -> list[Question]:
     """The input's questions with their think_then_answer prompts (ids unique: they key the resume)."""
     template = load_prompt(args.prompt)
     records, _ = load_records(args.input, split=args.split, limit=args.limit)
-    questions = [Question(r.id, r.question, r.answers, render_prompt(template, r, args.top_k)) for r in records]
-    ids = [q.id for q in questions]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise QalignError(f"{args.input}: id {dup!r} is used by several questions; the teacher file is keyed by id. "
-                          "Make the ids unique or drop the 'id' field.")
-    return questions
+    return prompted_questions(records, template, args.top_k, args.input, "the teacher file is")
 
 
 def _local_answers(args: argparse.Namespace, questions: list[Question]) -> Iterator[tuple[Question, list[str]]]:

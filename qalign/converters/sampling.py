@@ -268,16 +268,21 @@ def _generate(missing: list[Question], cache: Path, config: SamplingConfig, comp
     return new
 
 
-def load_questions(job: ConvertJob) -> tuple[list[Question], LoadStats]:
-    """Records of the job's source with their rendered prompts (ids must be unique: they key the cache)."""
-    template, records, stats = job.load()
-    questions = [Question(r.id, r.question, r.answers, render_prompt(template, r, job.top_k)) for r in records]
+def prompted_questions(records: list[Any], template: str, top_k: int, source: str, keyed: str) -> list[Question]:
+    """Records with their rendered prompts; ids must be unique, since they key `keyed` (a cache, a teacher file)."""
+    questions = [Question(r.id, r.question, r.answers, render_prompt(template, r, top_k)) for r in records]
     ids = [q.id for q in questions]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise QalignError(f"{job.source}: id {dup!r} is used by several questions; sample caches are keyed by id. "
+        raise QalignError(f"{source}: id {dup!r} is used by several questions; {keyed} keyed by id. "
                           "Make the ids unique or drop the 'id' field.")
-    return questions, stats
+    return questions
+
+
+def load_questions(job: ConvertJob) -> tuple[list[Question], LoadStats]:
+    """Records of the job's source with their rendered prompts (ids must be unique: they key the cache)."""
+    template, records, stats = job.load()
+    return prompted_questions(records, template, job.top_k, job.source, "sample caches are"), stats
 
 
 @dataclass(frozen=True)
