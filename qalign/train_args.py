@@ -84,10 +84,20 @@ def check_recipe_argv(argv: list[str], cwd: Path | None = None) -> tuple[list[st
     return _resolve_resume(argv, config), config
 
 
+def checkpoint_is_complete(checkpoint: Path) -> bool:
+    """The Trainer writes trainer_state.json last, and not atomically: a kill during that write leaves it empty or
+    cut short, so a checkpoint counts only when the file parses."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """`checkpoint-N` folders that finished saving (the Trainer writes trainer_state.json last), by step."""
+    """`checkpoint-N` folders that finished saving, by step."""
     found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
-    return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name.split("-")[1]))
+    return sorted((p for p in found if checkpoint_is_complete(p)), key=lambda p: int(p.name.split("-")[1]))
 
 
 def _resolve_resume(argv: list[str], config: dict[str, Any]) -> list[str]:
@@ -107,9 +117,9 @@ def _resolve_resume(argv: list[str], config: dict[str, Any]) -> list[str]:
         config["resume_from_checkpoint"] = str(target)
         return [*argv, f"resume_from_checkpoint={target}"]
     path = Path(str(value))
-    if path.is_dir() and path.name.startswith("checkpoint-") and not (path / "trainer_state.json").is_file():
+    if path.is_dir() and path.name.startswith("checkpoint-") and not checkpoint_is_complete(path):
         last = f"; the last complete one is {complete[-1]}" if complete else ""
-        raise QalignError(f"resume_from_checkpoint={path}: this checkpoint is incomplete (no trainer_state.json; the "
+        raise QalignError(f"resume_from_checkpoint={path}: this checkpoint is incomplete (no readable trainer_state.json; the "
                           f"run was killed while saving it){last}. Resume from that, or pass resume_from_checkpoint="
                           "true.")
     return argv

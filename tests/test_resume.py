@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qalign.errors import QalignError
-from qalign.train_args import check_recipe_argv, complete_checkpoints
+from qalign.train_args import check_recipe_argv, checkpoint_is_complete, complete_checkpoints
 from tests.conftest import REPO
 from tests.test_grpo import _write_dataset
 from tests.test_pipeline_tiny import _write_raw
@@ -38,7 +38,7 @@ def _train(args: list[str], cwd: Path) -> None:
 def _kill_after_checkpoint(args: list[str], cwd: Path, out: Path, step: int) -> None:
     proc = subprocess.Popen([*QALIGN, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not (out / f"checkpoint-{step}" / "trainer_state.json").is_file():
+    while not checkpoint_is_complete(out / f"checkpoint-{step}"):  # not mid-write of trainer_state.json
         assert proc.poll() is None, "training ended before the kill"
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.02)
@@ -91,15 +91,17 @@ def test_grpo_resumes_after_sigkill(tiny_qwen3: Path, tmp_path: Path) -> None:
 def test_resume_picks_the_last_complete_checkpoint(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"stage: sft\noutput_dir: {tmp_path / 'out'}\n")
-    for step, complete in ((2, True), (4, True), (6, False), (10, False)):
+    # 6: killed before trainer_state.json; 8: killed while writing it (empty); 9: cut short; 10: empty folder
+    for step, state in ((2, "{}"), (4, "{}"), (6, None), (8, ""), (9, '{"log_history": ['), (10, None)):
         (tmp_path / f"out/checkpoint-{step}").mkdir(parents=True)
-        if complete:
-            (tmp_path / f"out/checkpoint-{step}/trainer_state.json").write_text("{}")
+        if state is not None:
+            (tmp_path / f"out/checkpoint-{step}/trainer_state.json").write_text(state)
     assert [p.name for p in complete_checkpoints(tmp_path / "out")] == ["checkpoint-2", "checkpoint-4"]
     argv, config = check_recipe_argv([str(recipe), "resume_from_checkpoint=true"])
     assert config["resume_from_checkpoint"] == str(tmp_path / "out/checkpoint-4")
     assert argv[-1] == f"resume_from_checkpoint={tmp_path / 'out/checkpoint-4'}"
-    with pytest.raises(QalignError, match="checkpoint-6: this checkpoint is incomplete .*last complete one is"):
-        check_recipe_argv([str(recipe), f"resume_from_checkpoint={tmp_path / 'out/checkpoint-6'}"])
+    for partial in ("checkpoint-6", "checkpoint-8"):
+        with pytest.raises(QalignError, match=f"{partial}: this checkpoint is incomplete .*last complete one is"):
+            check_recipe_argv([str(recipe), f"resume_from_checkpoint={tmp_path / 'out' / partial}"])
     with pytest.raises(QalignError, match="no complete checkpoint-N"):
         check_recipe_argv([str(recipe), "resume_from_checkpoint=true", f"output_dir={tmp_path / 'none'}"])
