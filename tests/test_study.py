@@ -77,7 +77,7 @@ def test_study_runs_reports_and_resumes(tiny_qwen3: Path, tmp_path: Path) -> Non
     methods, seeds = (["sft", second], [42]) if second else (["sft"], [1, 2])
     study_file(tmp_path, tiny_qwen3, methods, seeds)
 
-    first = run_study(tmp_path)
+    first = run_study(tmp_path, "--jobs", "2")  # independent steps side by side; the rerun goes one by one
     total = int(re.search(r"^study tiny: (\d+) steps", first.stdout, re.M).group(1))
     assert total >= 8 and first.stdout.count(": ok (") == total and "skip (done)" not in first.stdout, first.stdout
     out = tmp_path / "reports" / "tiny"

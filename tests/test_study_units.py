@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -81,8 +82,9 @@ def test_from_sft_mines_from_each_seeds_sft_run_and_continues_its_adapter() -> N
     for seed in (1, 2):
         adapter = f"reports/u/runs/sft-s{seed}/train"
         pref, kto = steps[f"data pref_sft-s{seed}"], steps[f"data kto_sft-s{seed}"]
+        assert pref.needs == (f"train sft-s{seed}",)  # KTO reads the samples the pairs drew: after them
+        assert kto.needs == (f"data pref_sft-s{seed}", f"train sft-s{seed}")
         for mined in (pref, kto):
-            assert mined.needs == (f"train sft-s{seed}",)
             assert mined.argv[mined.argv.index("--adapter") + 1] == adapter
             assert mined.argv[mined.argv.index("--samples") + 1] == f"data/u_samples_sft-s{seed}.jsonl"
         dpo = steps[f"train dpo-s{seed}"]
@@ -161,6 +163,59 @@ def test_steps_resume_rerun_on_change_and_fail_with_the_log(tmp_path: Path, monk
     assert results["data c"].state == "failed" and "missing.jsonl: file not found" in results["data c"].reason
     assert results["data c"].log and results["data c"].log.is_file()
     assert results["data d"] == StepResult("blocked", results["data c"].reason)
+
+
+def _timed_steps(monkeypatch, tmp_path: Path, seconds: float = 0.3) -> dict[str, tuple[float, float]]:
+    """Replace the subprocess with a sleep that writes the done-marker (`fail` in a name: exit 1); record spans."""
+    import threading
+
+    import qalign.study.runner as runner
+
+    spans: dict[str, tuple[float, float]] = {}
+    lock = threading.Lock()
+
+    def execute(step: Step, log: Path) -> int:
+        start = time.monotonic()
+        time.sleep(seconds)
+        if "fail" in step.name:
+            return 1
+        step.done.parent.mkdir(parents=True, exist_ok=True)
+        step.done.write_text("done")
+        with lock:
+            spans[step.name] = (start, time.monotonic())
+        return 0
+
+    monkeypatch.setattr(runner, "_execute", execute)
+    return spans
+
+
+def test_jobs_run_independent_steps_side_by_side_and_needs_in_order(monkeypatch, tmp_path: Path) -> None:
+    spans = _timed_steps(monkeypatch, tmp_path)
+    done = tmp_path / "done"
+    steps = [Step("a", [], done / "a"), Step("b", [], done / "b"), Step("c", [], done / "c", needs=("a", "b")),
+             Step("fail d", [], done / "d"), Step("e", [], done / "e", needs=("fail d",)),
+             Step("f", [], done / "f", needs=("c",))]
+    lines: list[str] = []
+    results = run_steps(steps, tmp_path / "out", jobs=2, echo=lines.append)
+    assert {name: r.state for name, r in results.items()} == {"a": "ran", "b": "ran", "c": "ran", "fail d": "failed",
+                                                               "e": "blocked", "f": "ran"}
+    assert spans["a"][0] < spans["b"][1] and spans["b"][0] < spans["a"][1], "a and b did not overlap"
+    assert spans["c"][0] >= max(spans["a"][1], spans["b"][1]) and spans["f"][0] >= spans["c"][1]
+    assert lines[:2] == ["[1/6] a: running ...", "[2/6] b: running ..."]  # earliest in the plan first
+    assert "[5/6] e: not run (fail d failed (exit 1; log " in "\n".join(lines)
+    # one job: strictly one after another, the same results; a rerun skips what is done
+    for path in done.iterdir():
+        path.unlink()
+    spans.clear()
+    sequential = run_steps(steps, tmp_path / "out", jobs=1, echo=lambda _: None)
+    assert {n: r.state for n, r in sequential.items()} == {n: r.state for n, r in results.items()}
+    ordered = sorted(spans.values())
+    assert all(end <= later[0] for (_, end), later in zip(ordered, ordered[1:])), "steps overlapped with jobs=1"
+    again = run_steps(steps, tmp_path / "out", jobs=3, echo=lambda _: None)
+    assert [again[n].state for n in ("a", "b", "c", "f")] == ["done"] * 4
+    with pytest.raises(ValueError, match="steps wait on each other: x, y"):
+        run_steps([Step("x", [], done / "x", needs=("y",)), Step("y", [], done / "y", needs=("x",))],
+                  tmp_path / "out", jobs=2, echo=lambda _: None)
 
 
 def _fake_eval(folder: Path, scores: dict[str, tuple[float, float, float]]) -> None:

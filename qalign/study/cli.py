@@ -7,7 +7,7 @@ import argparse
 from qalign.study.config import METHODS, load_study
 from qalign.study.plan import build_plan
 from qalign.study.report import write_report
-from qalign.study.runner import run_steps
+from qalign.study.runner import add_run_options, run_steps
 from qalign.study.validate import check_study
 
 _EPILOG = """\
@@ -38,7 +38,7 @@ def _as_given(args: argparse.Namespace) -> list[str]:
     for flag, value in (("--output", args.output), ("--cot-teacher", args.cot_teacher)):
         if value:
             given += [flag, value]
-    return given + (["--force"] if args.force else [])
+    return given + (["--jobs", str(args.jobs)] if args.jobs > 1 else []) + (["--force"] if args.force else [])
 
 
 def run_study(args: argparse.Namespace) -> int:
@@ -49,7 +49,7 @@ def run_study(args: argparse.Namespace) -> int:
     steps = build_plan(cfg)
     print(f"study {cfg.name}: {len(steps)} steps, methods {', '.join(cfg.methods)}, seeds "
           f"{', '.join(map(str, cfg.seeds))}; output {cfg.output}", flush=True)
-    results = run_steps(steps, cfg.output, force=args.force, dry_run=args.dry_run,
+    results = run_steps(steps, cfg.output, force=args.force, dry_run=args.dry_run, jobs=args.jobs,
                         echo=lambda line: print(line, flush=True))
     if args.dry_run:
         return 0
@@ -79,7 +79,6 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--cot-teacher", metavar="FILE|self",
                         help="teacher of the CoT-SFT row: a teacher file, or `self` (the study's model, via `qalign "
                              "teach`); an endpoint goes in the study file: cot_teacher: {url: ..., served_model: ...}")
-    parser.add_argument("--force", action="store_true", help="re-run every step, even finished ones")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan (and what is done) without running")
+    add_run_options(parser)
     parser.set_defaults(func=run_study)
     return parser

@@ -96,8 +96,9 @@ def _mined_steps(cfg: StudyConfig, methods: set[str], suffix: str, adapter: Path
         pref = _convert(cfg, "preference", cfg.train, f"pref{suffix}", cfg.train_limit, mining, prompt)
         steps.append(_used_by(cfg, pref, *sorted(methods & {"dpo", "orpo"})))
     if "kto" in methods:
-        steps.append(_used_by(cfg, _convert(cfg, "kto", cfg.train, f"kto{suffix}", cfg.train_limit, mining, prompt),
-                              "kto"))
+        kto = _used_by(cfg, _convert(cfg, "kto", cfg.train, f"kto{suffix}", cfg.train_limit, mining, prompt), "kto")
+        kto.needs = tuple(step.name for step in steps)  # after the pairs: it reads the samples they drew
+        steps.append(kto)
     return steps
 
 
@@ -214,7 +215,7 @@ def _method_steps(cfg: StudyConfig, steps: list[Step], method: str, seed: int, r
     needs: tuple[str, ...] = ()
     if mined and f"data {data}" not in {step.name for step in steps}:
         mined_steps = _mined_steps(cfg, set(cfg.from_sft) & _MINED, f"_{sft_run}", sft_adapter)
-        steps += [replace(step, needs=(f"train {sft_run}",)) for step in mined_steps]
+        steps += [replace(step, needs=(*step.needs, f"train {sft_run}")) for step in mined_steps]
     if taught:
         steps += [replace(step, needs=step.needs or (f"train {sft_run}",))
                   for step in cot_steps(cfg, f"_{sft_run}", sft_adapter)]
