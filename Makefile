@@ -56,12 +56,14 @@ PIPELINE   ?= $(or $(wildcard $(RECIPES)/pipeline.yaml),$(STUDY))
 SEEDS      ?=
 STUDY_METHODS ?=
 STUDY_ARGS ?=
-# `qalign study FILE` with the command line's MODEL / NQ / PREF_FROM / SEEDS / STUDY_METHODS / STUDY_ARGS
+JOBS       ?=
+# `qalign study FILE` with the command line's MODEL / NQ / PREF_FROM / SEEDS / STUDY_METHODS / STUDY_ARGS / JOBS
 run_study = $(QALIGN) study $(1) \
 	$(if $(filter command line,$(origin MODEL)),model=$(MODEL)) \
 	$(if $(filter command line,$(origin NQ)),train=$(NQ) test=$(NQ_DEV)) \
 	$(if $(filter sft,$(PREF_FROM)),$(STUDY_FROM_SFT)) \
-	$(STUDY_ARGS) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STUDY_METHODS),--methods $(STUDY_METHODS))
+	$(STUDY_ARGS) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STUDY_METHODS),--methods $(STUDY_METHODS)) \
+	$(if $(JOBS),--jobs $(JOBS))
 
 .PHONY: help install test test-fast lint sample model data sft pref-data dpo orpo kto grpo-data grpo grpo-sweep predict eval report pipeline study demo webui clean
 
@@ -71,7 +73,7 @@ help:
 	@echo "test: every test (CI); test-fast: skips the runs marked slow (< 3 min on 2 cores)"
 	@echo "sample: rewrite data/sample/ (scripts/make_sample.py); GPU benchmarks: bench/*.py, figures in bench/RESULTS.md"
 	@echo "variables: MODEL_NAME MODEL NQ NQ_DEV TOP_K PROMPT TRAIN_LIMIT DEV_LIMIT MAX_STEPS BATCH METHODS OUT"
-	@echo "           PREF_FROM NUM_SAMPLES PREF_LIMIT PREF_STEPS GRPO_STEPS GRPO_BATCH SEEDS STUDY_METHODS STUDY_ARGS DEMO_ARGS"
+	@echo "           PREF_FROM NUM_SAMPLES PREF_LIMIT PREF_STEPS GRPO_STEPS GRPO_BATCH SEEDS STUDY_METHODS STUDY_ARGS JOBS DEMO_ARGS"
 
 install:
 	$(PYTHON) -m venv $(VENV)

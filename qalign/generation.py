@@ -4,7 +4,8 @@ What makes it fast without vLLM (bench/RESULTS.md has the measurements):
 - prompts are sorted by length (longest first) and packed into batches under a token budget, so a batch holds
   rows of nearly equal length: little padding in prefill, and as many rows as memory allows for the decode loop,
   whose cost per step hardly depends on the row count;
-- N samples of one prompt share its prefill: the prompt runs once and its KV cache is copied to the N rows;
+- N samples of one prompt share its prefill: the prompt runs once and its KV cache is copied to the N rows, which
+  may each go on with their own suffix first (the teacher's forced answers after each sample's reasoning);
 - the model is loaded once per command, not once per batch or per call.
 A batch that runs out of GPU memory makes the engine halve its budget and re-plan the prompts not yet done, so a
 too-large setting costs a retry, never rows.
@@ -101,31 +102,37 @@ class BatchGenerator:
         self.setting = setting  # the key users lower when even one row does not fit (named in the error)
 
     def generate(self, prompts: Sequence[Sequence[int]], generation: dict[str, Any], *, copies: int = 1,
-                 processors: RowProcessors | None = None, desc: str = "generating",
-                 progress: bool | None = None) -> list[list[list[int]]]:
+                 suffixes: Sequence[Sequence[Sequence[int]]] | None = None, processors: RowProcessors | None = None,
+                 desc: str = "generating", progress: bool | None = None) -> list[list[list[int]]]:
         """New token ids for each prompt, `copies` lists each, in prompt order. `generation` holds `generate`'s
         keyword arguments (max_new_tokens, do_sample, eos_token_id, ...); `processors` builds extra logits
-        processors for a batch from its rows (per-row sampling noise). Generated ids run to `max_new_tokens` or
-        to the first eos, padded after it."""
+        processors for a batch from its rows (per-row sampling noise). With `suffixes` (per prompt, `copies` token
+        lists, empty ones allowed), copy j continues prompt i + suffixes[i][j]. Generated ids run to
+        `max_new_tokens` or to the first eos, padded after it."""
         new_tokens = int(generation.get("max_new_tokens") or 0)
         if new_tokens < 1:
             raise QalignError("generation needs max_new_tokens >= 1.")
         lengths = [len(p) for p in prompts]
         if lengths and min(lengths) < 1:
             raise QalignError(f"prompt {lengths.index(0)} is empty after encoding; every prompt needs a token.")
+        if suffixes is not None and (len(suffixes) != len(prompts) or any(len(s) != copies for s in suffixes)):
+            raise ValueError(f"suffixes: need {copies} token lists for each of the {len(prompts)} prompts")
+        # a row's suffix is budgeted like new tokens
+        planned = new_tokens + max((len(t) for rows in suffixes or [] for t in rows), default=0)
         results: list[list[list[int]] | None] = [None] * len(prompts)
         disable = None if progress is None else not progress
         with tqdm(total=len(prompts), desc=desc, unit=" prompts", disable=disable, file=sys.stderr) as bar:
-            pending = plan_batches(lengths, new_tokens, self.tokens, self.limits.rows, copies)
+            pending = plan_batches(lengths, planned, self.tokens, self.limits.rows, copies)
             while pending:
                 batch = pending.pop(0)
                 try:
-                    outputs = self._batch([prompts[i] for i in batch], batch, generation, copies, processors)
+                    outputs = self._batch([prompts[i] for i in batch], batch, generation, copies, processors,
+                                          None if suffixes is None else [suffixes[i] for i in batch])
                 except _OutOfMemory as oom:
-                    self._lower_budget(batch, oom, lengths, new_tokens, copies)
+                    self._lower_budget(batch, oom, lengths, planned, copies)
                     remaining = batch + [index for later in pending for index in later]
                     pending = [[remaining[j] for j in part] for part in plan_batches(
-                        [lengths[i] for i in remaining], new_tokens, self.tokens, self.limits.rows, copies)]
+                        [lengths[i] for i in remaining], planned, self.tokens, self.limits.rows, copies)]
                     continue
                 for position, index in enumerate(batch):
                     results[index] = outputs[position * copies:(position + 1) * copies]
@@ -148,49 +155,61 @@ class BatchGenerator:
               file=sys.stderr)
 
     def _batch(self, prompts: list[Sequence[int]], indices: list[int], generation: dict[str, Any], copies: int,
-               processors: RowProcessors | None) -> list[list[int]]:
+               processors: RowProcessors | None, suffixes: list[Sequence[Sequence[int]]] | None) -> list[list[int]]:
         import torch
         from transformers import LogitsProcessorList
 
-        width = max(map(len, prompts))
         device = next(self.model.parameters()).device
-        ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         kwargs = dict(generation)
         if processors is not None:
             rows = [(index, copy) for index in indices for copy in range(copies)]
             kwargs["logits_processor"] = LogitsProcessorList(processors(rows))
+        tails = [[[p[-1], *(suffixes[i][j] if suffixes else ())] for j in range(copies)] for i, p in enumerate(prompts)]
         try:
             with torch.inference_mode():
-                cache = self._shared_prefix(ids, mask, copies) if copies > 1 else None
-                if copies > 1:
-                    ids, mask = ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
-                if cache is not None:
+                ids, mask = _left_padded([p[:-1] for p in prompts], self.pad_id, device)
+                cache = self._prefill(ids, mask, copies) if copies > 1 or suffixes else None
+                if cache is None:  # one plain generate over whole rows (prompt + suffix)
+                    ids, mask = _left_padded([[*p[:-1], *tail] for p, rows in zip(prompts, tails) for tail in rows],
+                                             self.pad_id, device)
+                else:  # the rows go on from the shared prefill: last prompt token + suffix, padded in between
+                    tail_ids, tail_mask = _left_padded([tail for rows in tails for tail in rows], self.pad_id, device)
+                    ids = torch.cat([ids.repeat_interleave(copies, dim=0), tail_ids], dim=1)
+                    mask = torch.cat([mask.repeat_interleave(copies, dim=0), tail_mask], dim=1)
                     kwargs["past_key_values"] = cache
                 output = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         except torch.OutOfMemoryError as exc:
-            del ids, mask
             kwargs.pop("past_key_values", None)
             torch.cuda.empty_cache()
             raise _OutOfMemory(str(exc).split(".")[0]) from None
-        return output[:, width:].tolist()
+        return output[:, ids.shape[1]:].tolist()
 
-    def _shared_prefix(self, ids: Any, mask: Any, copies: int) -> Any:
-        """Run each prompt once (all but its last token) and copy its KV cache to its `copies` rows, which all
-        continue the same prompt; None where the model cannot take a cache object (then plain generate)."""
+    def _prefill(self, ids: Any, mask: Any, copies: int) -> Any:
+        """Run each prompt (all but its last token) once and copy its KV cache to its `copies` rows; None where
+        there is nothing to prefill or the model cannot take a cache object (then plain generate)."""
         from transformers import DynamicCache
 
-        if ids.shape[1] < 2:
+        if ids.shape[1] < 1:
             return None
         cache = DynamicCache(config=self.model.config)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         try:
-            self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1)
         except TypeError:  # a remote-code model without logits_to_keep / cache objects
             return None
         cache.batch_repeat_interleave(copies)
         return cache
+
+
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
+    """(input ids, attention mask) of token rows, padded on the left to the longest."""
+    import torch
+
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device)
+    return ids, mask
 
 
 class GenerationOutOfMemory(QalignError):

@@ -94,19 +94,26 @@ def first_line_answer(text: str) -> str:
 
 def _force_answers(sampler: Any, questions: list[Question], texts: list[list[str]], tokens: int) -> list[list[str]]:
     """Budget forcing: a sample whose reasoning did not close within --max-new-tokens (or left no answer after
-    `</think>`) gets `</think>` appended and up to `tokens` more tokens of answer, through the same engine."""
-    open_rows = [(i, j) for i, rows in enumerate(texts) for j, text in enumerate(rows)
-                 if "</think>" not in text or not text.rsplit("</think>", 1)[1].strip()]
-    if not open_rows:
+    `</think>`) gets `</think>` appended and up to `tokens` more tokens of answer, through the same engine. Every
+    sample of a question with such a sample goes on from the question's one shared prefill (its own reasoning as
+    the suffix); the answers of samples that needed none are dropped."""
+    def is_open(text: str) -> bool:
+        return "</think>" not in text or not text.rsplit("</think>", 1)[1].strip()
+
+    needy = [i for i, rows in enumerate(texts) if any(map(is_open, rows))]
+    if not needy:
         return texts
-    heads = {(i, j): texts[i][j].rsplit("</think>", 1)[0].rstrip() + "\n</think>\n\n" for i, j in open_rows}
-    prompts = [sampler.setup.encode(questions[i].prompt)
-               + sampler.tokenizer.encode(heads[i, j], add_special_tokens=False) for i, j in open_rows]
-    keys = [f"{questions[i].id}\0answer\0{j}" for i, j in open_rows]
-    answers = sampler.continue_ids(prompts, keys, 1, tokens)
+    heads = [[texts[i][j].rsplit("</think>", 1)[0].rstrip() + "\n</think>\n\n" for j in range(len(texts[i]))]
+             for i in needy]
+    suffixes = [[sampler.tokenizer.encode(head, add_special_tokens=False) for head in rows] for rows in heads]
+    prompts = [sampler.setup.encode(questions[i].prompt) for i in needy]
+    answers = sampler.continue_ids(prompts, [f"{questions[i].id}\0answer" for i in needy], len(texts[needy[0]]),
+                                   tokens, suffixes)
     out = [list(rows) for rows in texts]
-    for (i, j), answer in zip(open_rows, answers, strict=True):
-        out[i][j] = heads[i, j] + answer[0]
+    for i, rows, answer in zip(needy, heads, answers, strict=True):
+        for j, head in enumerate(rows):
+            if is_open(texts[i][j]):
+                out[i][j] = head + answer[j]
     return out
 
 

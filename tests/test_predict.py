@@ -75,6 +75,26 @@ def test_a_batch_that_does_not_fit_is_split_not_lost(capsys) -> None:
             [[1, 2]], {"max_new_tokens": 2}, progress=False)
 
 
+@pytest.mark.slow  # loads the tiny model
+def test_rows_continue_a_shared_prefill_with_their_own_suffix(tiny_qwen3: Path) -> None:
+    """copies of a prompt with suffixes (empty ones too) give what whole rows prompt + suffix give greedily."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3, dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    prompts = [torch.randint(5, 200, (n,)).tolist() for n in (9, 4, 13, 1)]
+    suffixes = [[torch.randint(5, 200, (k,)).tolist() for k in ks] for ks in ((3, 0, 6), (1, 1, 0), (0, 0, 0),
+                                                                                   (5, 2, 7))]
+    greedy = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0, "eos_token_id": [1]}
+    engine = BatchGenerator(model, pad_id=0, limits=BatchLimits(tokens=10_000))
+    shared = engine.generate(prompts, greedy, copies=3, suffixes=suffixes, progress=False)
+    whole = engine.generate([p + s for p, rows in zip(prompts, suffixes) for s in rows], greedy, progress=False)
+    assert [row for rows in shared for row in rows] == [rows[0] for rows in whole]
+    assert all(len(row) == 5 for rows in shared for row in rows)
+    with pytest.raises(ValueError, match="need 3 token lists for each of the 4 prompts"):
+        engine.generate(prompts, greedy, copies=3, suffixes=suffixes[:3], progress=False)
+
+
 # --- agreement with do_predict ----------------------------------------------------------------------------------
 
 

@@ -178,10 +178,10 @@ class Sampler:
                                   self.config.num_samples, self.config.max_new_tokens)
         return [[(prefix + text).strip() for text in rows] for rows in texts]
 
-    def continue_ids(self, prompts: list[list[int]], keys: list[str], copies: int,
-                     max_new_tokens: int) -> list[list[str]]:
-        """`copies` decoded continuations of each token-id prompt; copy j of prompt i draws its noise from
-        row_seed(seed, keys[i], j)."""
+    def continue_ids(self, prompts: list[list[int]], keys: list[str], copies: int, max_new_tokens: int,
+                     suffixes: list[list[list[int]]] | None = None) -> list[list[str]]:
+        """`copies` decoded continuations of each token-id prompt (copy j after suffixes[i][j], when given); copy
+        j of prompt i draws its noise from row_seed(seed, keys[i], j)."""
         from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
         cfg = self.config
@@ -195,7 +195,8 @@ class Sampler:
         generation = {"do_sample": False, "max_new_tokens": max_new_tokens, "eos_token_id": self.stop_ids,
                       "pad_token_id": self.pad_id,
                       "use_model_defaults": False}  # the model's sampling defaults must not switch do_sample on
-        outputs = self.generator.generate(prompts, generation, copies=copies, processors=processors, progress=False)
+        outputs = self.generator.generate(prompts, generation, copies=copies, suffixes=suffixes,
+                                          processors=processors, progress=False)
         return [[self._decode(ids) for ids in rows] for rows in outputs]
 
     def _decode(self, ids: list[int]) -> str:

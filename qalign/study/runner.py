@@ -43,8 +43,7 @@ def add_run_options(parser) -> None:
     parser.add_argument("--force", action="store_true", help="re-run every step, even finished ones")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (and what is done) without running")
     parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
-                        help="run up to N steps side by side once their needs are done (default 1; on a GPU with a "
-                             "small model 3-4 cut a study's time: its steps are mostly process start and loading)")
+                        help="run up to N steps side by side once the steps they need are done (default 1)")
 
 
 def slug(name: str) -> str:
@@ -97,7 +96,8 @@ def run_steps(
     """Run (or, with dry_run, list) every step; return each step's result by name.
 
     With jobs > 1, up to that many steps whose needs have finished run at once, earliest in the plan first: at
-    SmolLM2 scale a step's time is mostly process start and model load, so a GPU runs several side by side."""
+    SmolLM2 scale a step is mostly process start and model load (a 300-question predict on the H200: 23 of its
+    30 s outside generation, bench/RESULTS.md), time a GPU can spend on another step."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     step_dependencies(steps)
