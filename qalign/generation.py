@@ -164,14 +164,18 @@ class BatchGenerator:
         if processors is not None:
             rows = [(index, copy) for index in indices for copy in range(copies)]
             kwargs["logits_processor"] = LogitsProcessorList(processors(rows))
-        tails = [[[p[-1], *(suffixes[i][j] if suffixes else ())] for j in range(copies)] for i, p in enumerate(prompts)]
+        # every row ends with its prompt's last token + its suffix; what comes before is prefilled once per prompt
+        tails = [[[p[-1], *(suffixes[i][j] if suffixes else ())] for j in range(copies)]
+                 for i, p in enumerate(prompts)]
+        cache = None
         try:
             with torch.inference_mode():
-                ids, mask = _left_padded([p[:-1] for p in prompts], self.pad_id, device)
-                cache = self._prefill(ids, mask, copies) if copies > 1 or suffixes else None
+                if copies > 1 or suffixes is not None:
+                    ids, mask = _left_padded([p[:-1] for p in prompts], self.pad_id, device)
+                    cache = self._prefill(ids, mask, copies)
                 if cache is None:  # one plain generate over whole rows (prompt + suffix)
-                    ids, mask = _left_padded([[*p[:-1], *tail] for p, rows in zip(prompts, tails) for tail in rows],
-                                             self.pad_id, device)
+                    whole = [[*p[:-1], *tail] for p, rows in zip(prompts, tails, strict=True) for tail in rows]
+                    ids, mask = _left_padded(whole, self.pad_id, device)
                 else:  # the rows go on from the shared prefill: last prompt token + suffix, padded in between
                     tail_ids, tail_mask = _left_padded([tail for rows in tails for tail in rows], self.pad_id, device)
                     ids = torch.cat([ids.repeat_interleave(copies, dim=0), tail_ids], dim=1)
@@ -180,6 +184,7 @@ class BatchGenerator:
                 output = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         except torch.OutOfMemoryError as exc:
             kwargs.pop("past_key_values", None)
+            cache = None  # free the prefill's KV before emptying the allocator's cache
             torch.cuda.empty_cache()
             raise _OutOfMemory(str(exc).split(".")[0]) from None
         return output[:, ids.shape[1]:].tolist()

@@ -119,9 +119,9 @@ def _resolve_resume(argv: list[str], config: dict[str, Any]) -> list[str]:
     path = Path(str(value))
     if path.is_dir() and path.name.startswith("checkpoint-") and not checkpoint_is_complete(path):
         last = f"; the last complete one is {complete[-1]}" if complete else ""
-        raise QalignError(f"resume_from_checkpoint={path}: this checkpoint is incomplete (no readable trainer_state.json; the "
-                          f"run was killed while saving it){last}. Resume from that, or pass resume_from_checkpoint="
-                          "true.")
+        raise QalignError(f"resume_from_checkpoint={path}: this checkpoint is incomplete (no readable "
+                          f"trainer_state.json; the run was killed while saving it){last}. Resume from that, or "
+                          "pass resume_from_checkpoint=true.")
     return argv
 
 

@@ -88,7 +88,8 @@ def test_rows_continue_a_shared_prefill_with_their_own_suffix(tiny_qwen3: Path) 
     greedy = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0, "eos_token_id": [1]}
     engine = BatchGenerator(model, pad_id=0, limits=BatchLimits(tokens=10_000))
     shared = engine.generate(prompts, greedy, copies=3, suffixes=suffixes, progress=False)
-    whole = engine.generate([p + s for p, rows in zip(prompts, suffixes) for s in rows], greedy, progress=False)
+    rows = [p + s for p, ends in zip(prompts, suffixes, strict=True) for s in ends]
+    whole = engine.generate(rows, greedy, progress=False)
     assert [row for rows in shared for row in rows] == [rows[0] for rows in whole]
     assert all(len(row) == 5 for rows in shared for row in rows)
     with pytest.raises(ValueError, match="need 3 token lists for each of the 4 prompts"):

@@ -210,7 +210,8 @@ def test_jobs_run_independent_steps_side_by_side_and_needs_in_order(monkeypatch,
     sequential = run_steps(steps, tmp_path / "out", jobs=1, echo=lambda _: None)
     assert {n: r.state for n, r in sequential.items()} == {n: r.state for n, r in results.items()}
     ordered = sorted(spans.values())
-    assert all(end <= later[0] for (_, end), later in zip(ordered, ordered[1:])), "steps overlapped with jobs=1"
+    pairs = zip(ordered, ordered[1:], strict=False)
+    assert all(end <= later[0] for (_, end), later in pairs), "steps overlapped with jobs=1"
     again = run_steps(steps, tmp_path / "out", jobs=3, echo=lambda _: None)
     assert [again[n].state for n in ("a", "b", "c", "f")] == ["done"] * 4
     with pytest.raises(ValueError, match="steps wait on each other: x, y"):

@@ -8,6 +8,7 @@ needs must name every input a step reads (`--jobs N` runs independent steps side
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import time
@@ -32,13 +33,14 @@ class StepResult:
 
 
 def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
     value = int(text)
     if value < 1:
         raise ValueError(text)
     return value
 
 
-def add_run_options(parser) -> None:
+def add_run_options(parser: argparse.ArgumentParser) -> None:
     """--force, --dry-run and --jobs: how `qalign study` and `qalign sweep` run their plan."""
     parser.add_argument("--force", action="store_true", help="re-run every step, even finished ones")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (and what is done) without running")
