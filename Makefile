@@ -122,7 +122,7 @@ dpo orpo kto:
 		output_dir=$(OUT)/$@ max_steps=$(PREF_STEPS) per_device_train_batch_size=$(BATCH) $(TRAIN_ARGS)
 
 grpo-data:
-	$(QALIGN) convert eval --input $(NQ) --dataset $(GRPO_SET) --top-k $(TOP_K) --prompt $(PROMPT) $(if $(TRAIN_LIMIT),--limit $(TRAIN_LIMIT))
+	$(QALIGN) convert grpo --input $(NQ) --dataset $(GRPO_SET) --top-k $(TOP_K) --prompt $(PROMPT) $(if $(TRAIN_LIMIT),--limit $(TRAIN_LIMIT))
 
 grpo: grpo-data
 	$(QALIGN) train $(RECIPES)/grpo.yaml model_name_or_path=$(MODEL) dataset=$(GRPO_SET) output_dir=$(OUT)/grpo \

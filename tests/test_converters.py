@@ -11,7 +11,7 @@ import pytest
 
 from qalign.converters.alpaca import convert_alpaca, pick_answer
 from qalign.converters.cli import add_convert_parser
-from qalign.converters.eval_set import convert_eval
+from qalign.converters.eval_set import convert_eval, convert_grpo
 from qalign.converters.job import ConvertJob
 from qalign.converters.prompts import available_prompts, load_prompt, render_prompt, resolve_prompt
 from qalign.converters.registry import overlapping_questions, read_dataset_info, register_dataset
@@ -215,6 +215,14 @@ def test_train_eval_overlap_warning(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(result.overlaps["tr"]) == 12
     assert overlapping_questions(tmp_path, ["only in train", "nothing"], "eval") == {"tr": ["only in train"]}
     assert overlapping_questions(tmp_path, ["only in train"], "sft") == {}  # same side: no warning
+    # GRPO's prompts are training data: warned against the eval set, not against the SFT set of the same questions
+    grpo = convert_grpo(ConvertJob(str(train), "gr", dataset_dir=tmp_path))
+    err = capsys.readouterr().err
+    assert "'gr' (grpo) also appear in evaluation dataset 'dv'" in err and "dataset 'tr'" not in err
+    assert set(grpo.overlaps) == {"dv"} and len(grpo.overlaps["dv"]) == 12
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert info["gr"]["qalign"]["kind"] == "grpo" and info["gr"]["columns"] == info["dv"]["columns"]
+    assert json.loads((tmp_path / "data/gr.json").read_text())[0]["answers"] == ["a"]
 
 
 def test_hf_id_offline_gives_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

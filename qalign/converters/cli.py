@@ -107,6 +107,12 @@ def _run_eval(args: argparse.Namespace) -> ConversionResult:
     return convert_eval(ConvertJob.from_args(args))
 
 
+def _run_grpo(args: argparse.Namespace) -> ConversionResult:
+    from qalign.converters.eval_set import convert_grpo
+
+    return convert_grpo(ConvertJob.from_args(args))
+
+
 def _run_preference(args: argparse.Namespace) -> ConversionResult:
     from qalign.converters.preference import convert_preference, pair_summary
     from qalign.converters.sampling_args import sampling_config
@@ -170,6 +176,14 @@ SUBCOMMANDS: list[Subcommand] = [
         "NAME (kind eval). Warns when its questions also appear in a registered training dataset. Example: "
         "qalign convert eval --input ../shared/data/nq-open-top5.dev.jsonl.gz --dataset nq-top5-dev",
         _run_eval,
+    ),
+    Subcommand(
+        "grpo", "GRPO prompts: the eval rows (every gold alias for the rewards), as training data",
+        "Write the rows `convert eval` writes to DIR/data/NAME.json and register NAME as kind grpo, the GRPO "
+        "stage's training prompts: the overlap warning then compares them with evaluation sets, not with the "
+        "other training sets. Example: qalign convert grpo --input data/sample/nq-sample.train.jsonl "
+        "--dataset nq_grpo",
+        _run_grpo,
     ),
     Subcommand(
         "preference", "DPO/ORPO data: pairs mined from the model's own samples",

@@ -17,7 +17,8 @@ from qalign.errors import QalignError
 from qalign.records import LoadStats, QARecord, load_records
 
 # `qalign convert FORMAT` -> the kind its registry entry gets (checked before any input is read)
-FORMAT_KINDS = {"alpaca": "sft", "eval": "eval", "preference": "preference", "kto": "kto", "cot": "cot"}
+FORMAT_KINDS = {"alpaca": "sft", "eval": "eval", "grpo": "grpo", "preference": "preference", "kto": "kto",
+                "cot": "cot"}
 
 
 @dataclass(frozen=True)

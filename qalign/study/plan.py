@@ -118,7 +118,7 @@ def _data_steps(cfg: StudyConfig) -> list[Step]:
     if "sft" in methods:
         steps.append(_used_by(cfg, _convert(cfg, "alpaca", cfg.train, "train", cfg.train_limit, [], prompt), "sft"))
     if "grpo" in methods:
-        steps.append(_used_by(cfg, _convert(cfg, "eval", cfg.train, "grpo", cfg.train_limit, [], prompt), "grpo"))
+        steps.append(_used_by(cfg, _convert(cfg, "grpo", cfg.train, "grpo", cfg.train_limit, [], prompt), "grpo"))
     steps += _mined_steps(cfg, methods - set(cfg.from_sft), "", None)  # from the base model
     if cfg.cot_teacher:
         if "cot" not in cfg.from_sft:
