@@ -223,6 +223,12 @@ def test_train_eval_overlap_warning(tmp_path: Path, capsys: pytest.CaptureFixtur
     info = json.loads((tmp_path / "dataset_info.json").read_text())
     assert info["gr"]["qalign"]["kind"] == "grpo" and info["gr"]["columns"] == info["dv"]["columns"]
     assert json.loads((tmp_path / "data/gr.json").read_text())[0]["answers"] == ["a"]
+    # a GRPO set that an older qalign registered as kind eval is re-registered from the same file; another is not
+    convert_eval(ConvertJob(str(train), "old_grpo", dataset_dir=tmp_path))
+    convert_grpo(ConvertJob(str(train), "old_grpo", dataset_dir=tmp_path))
+    assert json.loads((tmp_path / "dataset_info.json").read_text())["old_grpo"]["qalign"]["kind"] == "grpo"
+    with pytest.raises(QalignError, match="dataset 'dv' has kind eval; writing kind grpo"):
+        convert_grpo(ConvertJob(str(train), "dv", dataset_dir=tmp_path))
 
 
 def test_hf_id_offline_gives_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -53,7 +53,7 @@ class ConvertJob:
         """The prompt template and the records. The prompt, the output folder and the registry entry are checked
         first, so a bad prompt or a refused name fails before a large input is read."""
         template = load_prompt(self.prompt)
-        check_target(self.dataset_dir, self.name, self.kind, self.force)
+        check_target(self.dataset_dir, self.name, self.kind, self.force, self.source)
         records, stats = load_records(self.source, self.strict, split=self.split, limit=self.limit,
                                       offset=self.offset)
         return template, records, stats

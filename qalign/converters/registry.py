@@ -110,7 +110,14 @@ def _entry_file(dataset_dir: Path, entry: Any) -> Path | None:
     return (dataset_dir / file_name).resolve() if isinstance(file_name, str) else None
 
 
-def check_replace(dataset_dir: str | Path, info: dict[str, Any], name: str, kind: str | None, force: bool) -> None:
+def _grpo_set_of_old(meta: dict[str, Any], kind: str | None, source: str | None) -> bool:
+    """An entry that is GRPO's prompt set as qalign wrote it before `convert grpo` (kind eval), converted again from
+    the same input: re-registering it as kind grpo replaces nothing but the kind (a study's `data grpo` step)."""
+    return meta.get("kind") == EVAL_KIND and kind == "grpo" and source is not None and meta.get("source") == source
+
+
+def check_replace(dataset_dir: str | Path, info: dict[str, Any], name: str, kind: str | None, force: bool,
+                  source: str | None = None) -> None:
     """Refuse (unless `force`) to replace an entry qalign did not write, one of another kind, or another's file."""
     if force:
         return
@@ -125,7 +132,7 @@ def check_replace(dataset_dir: str | Path, info: dict[str, Any], name: str, kind
                 f"{where}: dataset '{name}' is already registered and was not written by qalign (file {shown}); "
                 "converting would replace it. Pick another --dataset name, or pass --force to replace it."
             )
-        if kind is not None and meta.get("kind") != kind:
+        if kind is not None and meta.get("kind") != kind and not _grpo_set_of_old(meta, kind, source):
             raise QalignError(
                 f"{where}: dataset '{name}' has kind {meta.get('kind')}; writing kind {kind} under that name would "
                 "replace it. Pick another --dataset name, or pass --force to replace it."
@@ -154,7 +161,8 @@ def _probe_writable(folder: Path) -> None:
                           "or fix the folder's permissions.") from None
 
 
-def check_target(dataset_dir: str | Path, name: str, kind: str | None = None, force: bool = False) -> None:
+def check_target(dataset_dir: str | Path, name: str, kind: str | None = None, force: bool = False,
+                 source: str | None = None) -> None:
     """Before any input is read: the name is valid, the folder writable, the registry readable, the name free."""
     validate_name(name)
     dataset_dir = Path(dataset_dir)
@@ -162,7 +170,7 @@ def check_target(dataset_dir: str | Path, name: str, kind: str | None = None, fo
         raise QalignError(f"{dataset_dir}: --dataset-dir is a file, not a folder. Pass the folder that holds (or "
                           f"will hold) {DATASET_INFO}.")
     _probe_writable(dataset_dir / "data")
-    check_replace(dataset_dir, read_dataset_info(dataset_dir), name, kind, force)
+    check_replace(dataset_dir, read_dataset_info(dataset_dir), name, kind, force, source)
 
 
 def _write_info(dataset_dir: str | Path, info: dict[str, Any]) -> Path:
@@ -215,7 +223,7 @@ def write_dataset(
     kind = entry.get("qalign", {}).get("kind", "")
     with registry_lock(dataset_dir):
         info = read_dataset_info(dataset_dir)
-        check_replace(dataset_dir, info, name, kind, force)
+        check_replace(dataset_dir, info, name, kind, force, entry.get("qalign", {}).get("source"))
         atomic_write_json(path, rows)
         write_sidecar(path, [row["question"] for row in rows if isinstance(row.get("question"), str)])
         info[name] = {**entry, "file_name": file_name}
