@@ -43,9 +43,11 @@ MINE_ARGS   ?=
 # the study's spelling of PREF_FROM=sft (a variable: a comma inside $(if ...) would split it)
 STUDY_FROM_SFT = 'from_sft=[dpo,orpo,kto]'
 
-# GRPO: prompts + all aliases (an eval-style set made from the train file); the batch holds whole groups
+# GRPO: prompts + all aliases (an eval-style set made from the train file); the batch holds whole groups.
+# CPU-sized here (one prompt x 8 a step); the recipe's own 16 x 8 (GRPO_BATCH=16 GRPO_ACCUM=8) is the GPU setting
 GRPO_SET   ?= nq_grpo
 GRPO_BATCH ?= 8
+GRPO_ACCUM ?= 1
 GRPO_STEPS ?= 10
 SWEEP_ARGS ?=
 
@@ -126,7 +128,8 @@ grpo-data:
 
 grpo: grpo-data
 	$(QALIGN) train $(RECIPES)/grpo.yaml model_name_or_path=$(MODEL) dataset=$(GRPO_SET) output_dir=$(OUT)/grpo \
-		max_steps=$(GRPO_STEPS) per_device_train_batch_size=$(GRPO_BATCH) $(TRAIN_ARGS)
+		max_steps=$(GRPO_STEPS) per_device_train_batch_size=$(GRPO_BATCH) \
+		gradient_accumulation_steps=$(GRPO_ACCUM) $(TRAIN_ARGS)
 
 # num_generations x beta x learning_rate grid on a validation slice of the train file, one table + best.yaml
 # (recipes/<model>/grpo-sweep.yaml; any method's keys: write a sweep file like it and `qalign sweep FILE`)

@@ -176,8 +176,8 @@ def test_training_args_map_into_grpo_config(tiny_qwen3: Path, tmp_path: Path) ->
 def test_grpo_trains_through_qalign_train(tiny_qwen3: Path, tmp_path: Path) -> None:
     _write_dataset(tmp_path)
     result = _run([*QALIGN, "train", RECIPE, *_tiny(tiny_qwen3, "out/grpo"), "max_steps=3", "num_generations=4",
-                   "per_device_train_batch_size=4", "max_completion_length=40", "learning_rate=1e-2",
-                   "reward_funcs=subem,format"], cwd=tmp_path)
+                   "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "max_completion_length=40",
+                   "learning_rate=1e-2", "reward_funcs=subem,format"], cwd=tmp_path)
     out = tmp_path / "out/grpo"
     log = [json.loads(line) for line in (out / "trainer_log.jsonl").open()]
     rewards = [row["reward"] for row in log if "reward" in row]
@@ -217,7 +217,8 @@ def test_force_torchrun_reaches_grpo_in_every_worker(tiny_qwen3: Path, tmp_path:
     env = {**os.environ, "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # torchrun of this venv
     result = _run([*QALIGN, "train", RECIPE, *_tiny(tiny_qwen3, "out/ddp"), "ddp_backend=gloo", "max_steps=2",
-                   "num_generations=4", "per_device_train_batch_size=2", "max_completion_length=8"],
+                   "num_generations=4", "per_device_train_batch_size=2", "gradient_accumulation_steps=1",
+                   "max_completion_length=8"],
                   cwd=tmp_path, env=env)
     logs = result.stdout + result.stderr
     assert "qalign GRPO stage: rank 0 of 2" in logs and "qalign GRPO stage: rank 1 of 2" in logs

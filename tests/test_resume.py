@@ -80,7 +80,8 @@ def test_grpo_resumes_after_sigkill(tiny_qwen3: Path, tmp_path: Path) -> None:
     full, resumed = _resume_matches([str(REPO / "recipes/smollm2-135m/grpo.yaml"), f"model_name_or_path={tiny_qwen3}",
                                      "template=qwen3_nothink", "dataset=t_grpo", "cutoff_len=128",
                                      "num_generations=4", "per_device_train_batch_size=4",
-                                     "max_completion_length=8", "learning_rate=1e-2"], tmp_path)
+                                     "gradient_accumulation_steps=1", "max_completion_length=8",
+                                     "learning_rate=1e-2"], tmp_path)
     assert resumed["step"] == full["step"] == STEPS
     assert abs(resumed["loss"] - full["loss"]) <= 1e-3, (full, resumed)
     assert resumed["reward"] == pytest.approx(full["reward"], abs=1e-3)

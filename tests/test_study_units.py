@@ -44,6 +44,28 @@ def test_study_file_defaults_overrides_and_errors(tmp_path: Path, monkeypatch) -
             build_config(spec)
 
 
+
+def test_an_overrides_file_goes_over_the_study_file_and_under_assignments(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("name: u\nmodel: m\ntemplate: smollm2\nrecipes: recipes/smollm2-135m\ntrain: a\ntest: b\n"
+                    "overrides: {sft: {max_steps: 5}, dpo: {max_steps: 100, pref_beta: 0.1}}\n")
+    best = tmp_path / "best.yaml"  # as `qalign sweep` writes it
+    best.write_text("# chosen on the validation slice\noverrides:\n  dpo: {pref_beta: 0.5, learning_rate: 0.001}\n"
+                    "  grpo: {reward_funcs: 'subem,f1,format'}\n")
+    cfg = load_study(path, ["overrides.dpo.learning_rate=2e-4"], overrides_file=best)
+    assert cfg.overrides == {"sft": {"max_steps": 5}, "dpo": {"max_steps": 100, "pref_beta": 0.5,
+                                                               "learning_rate": 2e-4},
+                             "grpo": {"reward_funcs": "subem,f1,format"}}
+    steps = _steps(cfg)
+    assert {"pref_beta=0.5", "learning_rate=0.0002", "max_steps=100"} <= set(steps["train dpo-s42"].argv)
+    for text, message in [("dpo: {pref_beta: 0.5}\n", r"best.yaml:1: an overrides file holds `overrides"),
+                          ("overrides: [dpo]\n", "must be a mapping"), ("overrides: {dpo: 3}\n", "must be a mapping")]:
+        best.write_text(text)
+        with pytest.raises(QalignError, match=message):
+            load_study(path, overrides_file=best)
+    with pytest.raises(QalignError, match="overrides file not found"):
+        load_study(path, overrides_file=tmp_path / "none.yaml")
+
 def test_plan_names_datasets_by_study_and_merges_overrides() -> None:
     cfg = build_config({**BASE, "methods": ["sft", "dpo", "kto", "grpo"], "seeds": [3],
                         "train_args": {"max_steps": 9, "bf16": True}, "predict_args": {"max_new_tokens": 16},

@@ -25,6 +25,7 @@ overrides.METHOD. Give KEY=VALUE assignments before the --options.
 examples:
   qalign study recipes/smollm2-135m/study.yaml
   qalign study recipes/smollm2-135m/study.yaml --seeds 1 2 --methods sft grpo --dry-run
+  qalign study recipes/smollm2-135m/study-nq.yaml --overrides reports/nq-top5-sweep/best.yaml --jobs 12
   qalign study recipes/qwen3-8b-awq/study.yaml model=/models/Qwen3-8B-AWQ overrides.sft.max_steps=100
 """
 
@@ -35,7 +36,8 @@ def _as_given(args: argparse.Namespace) -> list[str]:
     for flag, value in (("--seeds", args.seeds), ("--methods", args.methods)):
         if value:
             given += [flag, *map(str, value)]
-    for flag, value in (("--output", args.output), ("--cot-teacher", args.cot_teacher)):
+    for flag, value in (("--overrides", args.overrides), ("--output", args.output),
+                        ("--cot-teacher", args.cot_teacher)):
         if value:
             given += [flag, value]
     return given + (["--jobs", str(args.jobs)] if args.jobs > 1 else []) + (["--force"] if args.force else [])
@@ -44,7 +46,7 @@ def _as_given(args: argparse.Namespace) -> list[str]:
 def run_study(args: argparse.Namespace) -> int:
     """Plan, run or resume the steps, write the report; exit 1 when a step failed."""
     cfg = load_study(args.study, args.assignments, seeds=args.seeds, methods=args.methods, output=args.output,
-                     cot_teacher=args.cot_teacher)
+                     cot_teacher=args.cot_teacher, overrides_file=args.overrides)
     check_study(cfg)  # paths, prompts, keys and types: a dry run checks what a real run needs
     steps = build_plan(cfg)
     print(f"study {cfg.name}: {len(steps)} steps, methods {', '.join(cfg.methods)}, seeds "
@@ -75,6 +77,9 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="training seeds (repeat every method)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
                         help=f"methods to run, from {', '.join(METHODS)}")
+    parser.add_argument("--overrides", metavar="FILE",
+                        help="a YAML file whose `overrides` go over the study file's, method by method (e.g. the "
+                             "best.yaml a `qalign sweep` wrote); KEY=VALUE assignments still win")
     parser.add_argument("--output", metavar="DIR", help="output folder (default: reports/NAME)")
     parser.add_argument("--cot-teacher", metavar="FILE|self",
                         help="teacher of the CoT-SFT row: a teacher file, or `self` (the study's model, via `qalign "

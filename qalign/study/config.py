@@ -196,6 +196,20 @@ def _split(value: Any, test: str, where: str) -> str:
     return str(value)
 
 
+def merge_overrides(base: Any, path: str | Path) -> dict[str, Any]:
+    """`base` overrides with the `overrides` of file `path` on top, method by method and key by key."""
+    extra = read_yaml_mapping(path, "overrides file", "reports/nq-top5-sweep/best.yaml", ("overrides",))
+    if "overrides" not in extra:
+        raise QalignError(f"{path}:1: an overrides file holds `overrides: {{METHOD: {{key: value}}}}`, as the "
+                          "best.yaml of `qalign sweep` does.")
+    where = f"{path}: overrides"
+    merged = dict(_mapping(base, "overrides", "study file"))
+    for method, keys in _mapping(extra["overrides"], "overrides", str(path)).items():
+        merged[method] = {**_mapping(merged.get(method), f"overrides.{method}", "study file"),
+                          **_mapping(keys, method, where)}
+    return merged
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a study file into a mapping, with `file:line` errors."""
     return read_yaml_mapping(path, "study file", "recipes/smollm2-135m/study.yaml", _REQUIRED)
@@ -269,9 +283,14 @@ def load_study(
     methods: list[str] | None = None,
     output: str | None = None,
     cot_teacher: Teacher = None,
+    overrides_file: str | Path | None = None,
 ) -> StudyConfig:
-    """Read study.yaml, apply `key=value` assignments, then the command-line flags (which win)."""
-    spec = apply_dotlist(read_yaml(path), assignments or [])
+    """Read study.yaml, merge an overrides file's `overrides` (a sweep's best.yaml) over it, apply `key=value`
+    assignments, then the command-line flags (which win)."""
+    spec = read_yaml(path)
+    if overrides_file:
+        spec["overrides"] = merge_overrides(spec.get("overrides"), overrides_file)
+    spec = apply_dotlist(spec, assignments or [])
     for key, value in (("seeds", seeds), ("methods", methods), ("output", output), ("cot_teacher", cot_teacher)):
         if value:
             spec[key] = value

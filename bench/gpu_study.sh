@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The README's 3-seed comparison on one lent GPU, as one background job that outlives the ≤10-minute calls:
+#   1. `qalign sweep recipes/smollm2-135m/sweep-nq.yaml` (validation slice) and, beside it, the study's steps that
+#      no swept value touches (base, SFT, the CoT teacher and CoT-SFT: `--methods sft cot`);
+#   2. `qalign study recipes/smollm2-135m/study-nq.yaml --overrides <the sweep's best.yaml>` (finished steps skipped).
+# On the GPU machine, after `bash bench/gpu_setup.sh` (the wheels, SmolLM2 and .nq/ in place):
+#   bash bench/gpu_study.sh start            # copies the checkout to /tmp/q and starts the job (setsid)
+#   bash bench/gpu_study.sh watch SECONDS    # waits until the job ends or SECONDS pass, then copies the reports
+#                                            # (adapters left out) and the logs to $OUT
+set -uo pipefail
+work=/tmp/q
+jobs_sweep=${JOBS_SWEEP:-8} jobs_first=${JOBS_FIRST:-3} jobs_study=${JOBS_STUDY:-12}
+
+chain() {
+  source bench/gpu_env.sh
+  export OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false  # a dozen processes share 16 cores
+  mkdir -p logs
+  date +%s > logs/chain.start
+  $QALIGN sweep recipes/smollm2-135m/sweep-nq.yaml --jobs "$jobs_sweep" > logs/sweep.log 2>&1 &
+  local sweep=$!
+  $QALIGN study recipes/smollm2-135m/study-nq.yaml --methods sft cot --jobs "$jobs_first" > logs/first.log 2>&1 &
+  local first=$!
+  wait $sweep; echo "sweep exit $?" >> logs/chain.log; date +%s > logs/sweep.end
+  wait $first; echo "first exit $?" >> logs/chain.log
+  local best=reports/nq-top5-sweep/best.yaml chosen=()
+  [ -f "$best" ] && chosen=(--overrides "$best")  # a sweep that wrote nothing leaves the study file's values
+  $QALIGN study recipes/smollm2-135m/study-nq.yaml "${chosen[@]}" --jobs "$jobs_study" > logs/study.log 2>&1
+  echo "study exit $?" >> logs/chain.log
+  date +%s > logs/chain.end
+}
+
+collect() {
+  local out=${OUT:?OUT is the folder whose files come back}
+  cd "$work" || return 1
+  tar czf "$out/reports.tgz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='*.pth' \
+    --exclude='checkpoint-*' reports logs 2>/dev/null
+  ls -la "$out"
+  cat logs/chain.log 2>/dev/null
+  for log in sweep first study; do [ -f "logs/$log.log" ] && { echo "== $log"; tail -n 6 "logs/$log.log"; }; done
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+}
+
+case "${1:-}" in
+  start)
+    rm -rf "$work" && mkdir -p "$work"
+    tar cf - --exclude=./.gg1 --exclude=./.gg2 --exclude=./.gg3 --exclude=./.whl . | tar xf - -C "$work"
+    cd "$work" && setsid nohup bash bench/gpu_study.sh chain > /tmp/q-chain.out 2>&1 < /dev/null &
+    sleep 5; echo "started in $work"
+    ;;
+  chain) chain ;;
+  watch)
+    deadline=$(( $(date +%s) + ${2:?watch SECONDS} ))
+    while [ "$(date +%s)" -lt "$deadline" ] && [ ! -f "$work/logs/chain.end" ]; do sleep 10; done
+    collect
+    ;;
+  *) echo "usage: bash bench/gpu_study.sh start | watch SECONDS" >&2; exit 2 ;;
+esac
