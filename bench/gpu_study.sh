@@ -33,7 +33,7 @@ collect() {
   local out=${OUT:?OUT is the folder whose files come back}
   cd "$work" || return 1
   tar czf "$out/reports.tgz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='*.pth' \
-    --exclude='checkpoint-*' reports logs 2>/dev/null
+    --exclude='checkpoint-*' reports logs dataset_info.json $(ls data/*_teacher.jsonl 2>/dev/null) 2>/dev/null
   ls -la "$out"
   cat logs/chain.log 2>/dev/null
   for log in sweep first study; do [ -f "logs/$log.log" ] && { echo "== $log"; tail -n 6 "logs/$log.log"; }; done
