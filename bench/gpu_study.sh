@@ -7,9 +7,11 @@
 #   bash bench/gpu_study.sh start            # copies the checkout to /tmp/q and starts the job (setsid)
 #   bash bench/gpu_study.sh watch SECONDS    # waits until the job ends or SECONDS pass, then copies the reports
 #                                            # (adapters left out) and the logs to $OUT
+# The machine goes back ~30 s after a call ends, background job and all: call `watch` again at once, every time.
 set -uo pipefail
 work=/tmp/q
-jobs_sweep=${JOBS_SWEEP:-8} jobs_first=${JOBS_FIRST:-3} jobs_study=${JOBS_STUDY:-12}
+# 11 steps at once ran the H200's 139 GiB out of memory (an SFT run failed); 6 at once fitted (2026-12-02)
+jobs_sweep=${JOBS_SWEEP:-6} jobs_first=${JOBS_FIRST:-2} jobs_study=${JOBS_STUDY:-6}
 
 chain() {
   source bench/gpu_env.sh
@@ -32,8 +34,12 @@ chain() {
 collect() {
   local out=${OUT:?OUT is the folder whose files come back}
   cd "$work" || return 1
-  tar czf "$out/reports.tgz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='*.pth' \
-    --exclude='checkpoint-*' reports logs dataset_info.json $(ls data/*_teacher.jsonl 2>/dev/null) 2>/dev/null
+  # what a report needs, not the adapters or the tokenizer copied into every run (375 MB compressed, over the
+  # 16 MiB a file may come back with); about 1 MB for the sweep
+  find reports logs -type f -size -3M ! -name '*.safetensors' ! -name '*.bin' ! -name '*.pt' ! -name 'tokenizer*' \
+    ! -name 'vocab.json' ! -name 'merges.txt' ! -name 'special_tokens*' ! -name 'chat_template*' > /tmp/q-list
+  ls data/*_teacher.jsonl dataset_info.json >> /tmp/q-list 2>/dev/null
+  tar czf "$out/reports.tgz" -T /tmp/q-list
   ls -la "$out"
   cat logs/chain.log 2>/dev/null
   for log in sweep first study; do [ -f "logs/$log.log" ] && { echo "== $log"; tail -n 6 "logs/$log.log"; }; done

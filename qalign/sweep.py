@@ -165,7 +165,8 @@ def _status(run: str, steps: list[Any], results: dict[str, Any]) -> str:
 
 def sweep_table(cfg: Any, points: list[Point], metric: str, steps: list[Any], results: dict[str, Any],
                 best: dict[str, dict[str, Any]]) -> str:
-    """sweep.md: where it was scored, one row per run (base first), the best setting per method."""
+    """sweep.md: where it was scored, one row per run (base first, then the SFT runs that from_sft points
+    continue), the best setting per method."""
     from qalign.evaluators.scoring import METRIC_LABELS
     from qalign.health import RULES
     from qalign.study.plan import run_id
@@ -175,8 +176,10 @@ def sweep_table(cfg: Any, points: list[Point], metric: str, steps: list[Any], re
              "trained on; no run was scored on dev or test.", "",
              "| method | setting | seed | n | SubEM | EM | F1 | training | signal first → last tenth | status |",
              "|---|---|---:|---:|---:|---:|---:|---|---|---|"]
-    rows = [("base", "—", None, "base")] + [(m, s, seed, run_id(f"{m}-{s}", seed)) for m, s, _ in points
-                                             for seed in cfg.seeds]
+    rows = [("base", "—", None, "base")]
+    if cfg.from_sft and "sft" not in {m for m, _, _ in points}:  # the runs the from-SFT points continue
+        rows += [("sft", "default (from_sft start)", seed, run_id("sft", seed)) for seed in cfg.seeds]
+    rows += [(m, s, seed, run_id(f"{m}-{s}", seed)) for m, s, _ in points for seed in cfg.seeds]
     for method, setting, seed, run in rows:
         summary = _summary(cfg, run)
         scores = [str(summary["n"]), *(f"{100 * summary[k]:.1f}" for k in ("subem", "em", "f1"))] if summary \

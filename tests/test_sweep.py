@@ -158,3 +158,25 @@ def test_sft_sweep_on_the_tiny_model_writes_one_table_and_skips_finished_points(
         next(p.name for p in (tmp_path / "reports/tiny-sweep/logs").glob("*train-sft-learning_rate0.01*"))).read_text()
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("skip (done)") == 10 and "running" not in again.stdout
+
+
+def test_a_from_sft_sweep_table_shows_the_sft_runs_its_points_continue(tmp_path: Path) -> None:
+    from qalign.study.plan import run_dir
+    from qalign.sweep import best_settings, load_sweep, sweep_table
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({
+        "name": "p", "model": "m", "template": "smollm2", "recipes": str(RECIPES), "train": "train.jsonl",
+        "test": "t.jsonl", "train_limit": 6, "val_limit": 4, "seeds": [1], "from_sft": ["dpo"],
+        "grid": {"dpo": {"learning_rate": [2.0e-4, 1.0e-3]}}, "output": str(tmp_path / "out")}))
+    cfg, points, metric = load_sweep(tmp_path / "s.yaml")
+    for run, f1 in (("base", 0.1), ("sft-s1", 0.44), ("dpo-learning_rate0.0002-s1", 0.32)):
+        (run_dir(cfg, run) / "eval").mkdir(parents=True)
+        (run_dir(cfg, run) / "eval" / "summary.json").write_text(json.dumps({"n": 4, "subem": 0.5, "em": 0.25,
+                                                                             "f1": f1}))
+    best = best_settings(cfg, points, metric)
+    lines = sweep_table(cfg, points, metric, [], {}, best).splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| base", "—"], ["| sft", "default (from_sft start)"], ["| dpo", "learning_rate0.0002"],
+        ["| dpo", "learning_rate0.001"]]
+    assert "| 4 | 50.0 | 25.0 | 44.0 |" in rows[1] and best["dpo"]["values"] == {"learning_rate": 2.0e-4}

@@ -56,7 +56,10 @@ def stage_callbacks(
     from llamafactory.train import callbacks as lf_callbacks
     from llamafactory.train.trainer_utils import get_swanlab_callback
 
+    from qalign.grpo.guard import NonFiniteGradientGuard
+
     out = list(callbacks or [])
+    out.append(NonFiniteGradientGuard())  # qalign's: one bad batch must not write NaN into the adapter
     out.append(lf_callbacks.LogCallback())  # trainer_log.jsonl: LLaMA-Board's progress, the `reward` column
     if finetuning_args.pissa_convert:
         out.append(lf_callbacks.PissaConvertCallback())

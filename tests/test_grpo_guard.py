@@ -1,0 +1,50 @@
+"""The GRPO stage's non-finite gradient guard: a NaN step changes nothing, finite steps train, a streak stops."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from qalign.grpo.guard import NonFiniteGradientGuard
+from qalign.grpo.trainer import stage_callbacks
+
+
+def _step(guard: NonFiniteGradientGuard, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state,
+          grad_value: float) -> None:
+    """One optimizer step as the Trainer takes it: backward, clip (which spreads a NaN), guard, step."""
+    optimizer.zero_grad()
+    (model(torch.ones(1, 2)).sum() * grad_value).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    guard.on_pre_optimizer_step(None, state, None, model=model)
+    optimizer.step()
+    state.global_step += 1
+
+
+def test_a_nan_step_leaves_the_weights_and_the_momentum_alone_and_a_streak_stops_the_run(capsys) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    guard, state = NonFiniteGradientGuard(max_in_a_row=2), SimpleNamespace(global_step=0)
+    _step(guard, model, optimizer, state, 1.0)
+    trained = [p.detach().clone() for p in model.parameters()]
+    moments = [optimizer.state[p]["exp_avg"].clone() for p in model.parameters()]
+    _step(guard, model, optimizer, state, float("nan"))
+    assert all(torch.equal(a, p) for a, p in zip(trained, model.parameters(), strict=True))
+    assert all(torch.equal(m, optimizer.state[p]["exp_avg"]) for m, p in zip(moments, model.parameters(), strict=True))
+    assert guard.skipped == [2] and "step 2: the gradient is not finite" in capsys.readouterr().out
+    _step(guard, model, optimizer, state, 1.0)  # a finite step trains again and ends the streak
+    assert not torch.equal(trained[0], model.weight) and torch.isfinite(model.weight).all()
+    _step(guard, model, optimizer, state, float("inf"))
+    with pytest.raises(RuntimeError, match=r"not finite 2 steps in a row \(skipped steps \[2, 4, 5\]\).*"
+                                           r"Lower learning_rate"):
+        _step(guard, model, optimizer, state, float("nan"))
+    guard.on_train_end(None, state, None)
+    assert "3 of 4 steps skipped" in capsys.readouterr().out
+
+
+def test_the_stage_installs_the_guard_first() -> None:
+    args = SimpleNamespace(pissa_convert=False, use_swanlab=False)
+    callbacks = stage_callbacks(SimpleNamespace(), SimpleNamespace(), SimpleNamespace(), args, SimpleNamespace())
+    assert isinstance(callbacks[0], NonFiniteGradientGuard)
