@@ -25,7 +25,7 @@ overrides.METHOD. Give KEY=VALUE assignments before the --options.
 examples:
   qalign study recipes/smollm2-135m/study.yaml
   qalign study recipes/smollm2-135m/study.yaml --seeds 1 2 --methods sft grpo --dry-run
-  qalign study recipes/smollm2-135m/study-nq.yaml --overrides reports/nq-top5-sweep/best.yaml --jobs 12
+  qalign study recipes/smollm2-135m/study-nq.yaml --overrides reports/nq-top5-sweep/best.yaml --jobs 6
   qalign study recipes/qwen3-8b-awq/study.yaml model=/models/Qwen3-8B-AWQ overrides.sft.max_steps=100
 """
 
