@@ -131,6 +131,14 @@ def test_the_shipped_grpo_grid_plans_on_the_sample(tmp_path: Path) -> None:
     assert pref.methods == ["sft", "dpo", "orpo", "kto"] and pref.from_sft == ["dpo", "orpo", "kto"]
     assert len(points) == 12 and ("kto", "pref_beta0.5_learning_rate0.0002", {"pref_beta": 0.5,
                                                                             "learning_rate": 2.0e-4}) in points
+    # the GPU pair: the validation sweep over the 3-seed study's file, and that study (3 seeds, scored on dev)
+    from qalign.study.config import load_study
+
+    nq, points, _ = load_sweep(RECIPES / "sweep-nq.yaml", ["output=" + str(tmp_path)])
+    assert (nq.train_limit, nq.val_limit, nq.split, nq.seeds) == (1024, 200, "validation", [1])
+    assert nq.from_sft == ["dpo", "orpo", "kto"] and len(points) == 16 and nq.overrides["grpo"]["max_steps"] == 32
+    study = load_study(RECIPES / "study-nq.yaml")
+    assert study.seeds == [1, 2, 3] and study.split == "dev" and study.methods[-1] == "cot"
 
 
 @pytest.mark.slow  # two SFT runs + three predictions on the tiny model (~2 min on 2 cores)

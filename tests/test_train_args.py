@@ -15,9 +15,9 @@ from qalign.errors import QalignError
 from qalign.train_args import check_recipe_argv, check_train_config
 
 REPO = Path(__file__).resolve().parents[1]
-# LLaMA-Factory recipes only: study files (study, pipeline) and sweep grids are qalign's own formats
+# LLaMA-Factory recipes only: study files (study, study-*, pipeline) and sweep grids (*sweep*) are qalign's own
 RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml")
-                 if p.stem not in ("study", "pipeline") and not p.stem.endswith("sweep"))
+                 if not (p.stem in ("study", "pipeline") or p.stem.startswith("study-") or "sweep" in p.stem))
 
 
 @pytest.fixture
