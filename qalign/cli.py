@@ -14,12 +14,14 @@ LLAMAFACTORY_COMMANDS = ("train", "chat", "export", "webui", "webchat", "api", "
 
 def run_llamafactory(argv: list[str]) -> int:
     """Run `llamafactory-cli ARGV...` in this process, with qalign's extensions registered first."""
+    from qalign.converters.kto_weights import resolve_auto_weights
     from qalign.servers import bind_loopback
     from qalign.train_args import RECIPE_COMMANDS, check_recipe_argv, check_train_config
 
     config = None
     if argv and argv[0] in RECIPE_COMMANDS:  # recipe and overrides checked before the ~40 s of imports
         rest, config = check_recipe_argv(argv[1:])
+        rest = resolve_auto_weights(rest, config) if argv[0] == "train" else rest  # kto_*_weight: auto -> numbers
         argv = [argv[0], *rest]
     where = bind_loopback(argv[0]) if argv else None
     if where:

@@ -36,14 +36,18 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-def train(recipe: str, tiny: Path, cwd: Path, *overrides: str, run: str | None = None) -> list[float]:
-    """Run `qalign train` into out/RUN (default: the recipe name) and return the logged training losses."""
+def train(recipe: str, tiny: Path, cwd: Path, *overrides: str, run: str | None = None,
+          stderr: list[str] | None = None) -> list[float]:
+    """Run `qalign train` into out/RUN (default: the recipe name) and return the logged training losses (and append
+    the run's stderr to `stderr`)."""
     output = cwd / "out" / (run or recipe)
     args = [sys.executable, "-m", "qalign.cli", "train", str(RECIPES / f"{recipe}.yaml"),
             f"model_name_or_path={tiny}", "template=qwen3_nothink", "cutoff_len=256", f"output_dir={output}",
             "max_steps=3", "logging_steps=1", "per_device_train_batch_size=2", "plot_loss=false", *overrides]
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{recipe} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    if stderr is not None:
+        stderr.append(result.stderr)
     log = [json.loads(line) for line in (output / "trainer_log.jsonl").open()]
     losses = [row["loss"] for row in log if "loss" in row]
     assert (output / "adapter_model.safetensors").exists()
@@ -53,14 +57,18 @@ def train(recipe: str, tiny: Path, cwd: Path, *overrides: str, run: str | None =
 @pytest.mark.parametrize("recipe", ["dpo", "orpo", "kto"])
 def test_preference_recipes_train_from_base(recipe: str, tiny_qwen3: Path, workdir: Path) -> None:
     dataset = "kto" if recipe == "kto" else "pref"
-    losses = train(recipe, tiny_qwen3, workdir, f"dataset={dataset}")
+    # KTO: all 18 rows (6 desirable, 12 undesirable) in one batch, so the first loss shows the class weights
+    extra = ["per_device_train_batch_size=18"] if recipe == "kto" else []
+    stderr: list[str] = []
+    losses = train(recipe, tiny_qwen3, workdir, f"dataset={dataset}", *extra, stderr=stderr)
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses), losses
     # a fresh LoRA (B = 0) makes the policy equal its adapter-free reference at step 1:
-    # DPO loss = -log sigmoid(0) = ln 2, KTO loss = 1 - sigmoid(0) = 0.5
+    # DPO loss = -log sigmoid(0) = ln 2, KTO loss = 1 - sigmoid(0) = 0.5 per row, times its class weight
     if recipe == "dpo":
         assert losses[0] == pytest.approx(math.log(2), abs=1e-3)
-    if recipe == "kto":
-        assert losses[0] == pytest.approx(0.5, abs=1e-3)
+    if recipe == "kto":  # the recipe's `auto` weights: 2.0 for the desirable rows, 1.0 for the rest
+        assert "kto_chosen_weight=2.000, kto_rejected_weight=1.000 (auto" in stderr[0]
+        assert losses[0] == pytest.approx(0.5 * (6 * 2.0 + 12 * 1.0) / 18, abs=1e-3)
 
 
 def test_dpo_continues_the_sft_adapter_against_the_sft_reference(tiny_qwen3: Path, workdir: Path) -> None:

@@ -70,13 +70,14 @@ def test_plan_names_datasets_by_study_and_merges_overrides() -> None:
     cfg = build_config({**BASE, "methods": ["sft", "dpo", "kto", "grpo"], "seeds": [3],
                         "train_args": {"max_steps": 9, "bf16": True}, "predict_args": {"max_new_tokens": 16},
                         "overrides": {"grpo": {"max_steps": 4, "predict": {"max_new_tokens": 8}}},
-                        "mining_args": {"num_samples": 2, "ignored": 1}})
+                        "mining_args": {"num_samples": 2, "margin": 0.2, "ignored": 1}})
     steps = _steps(cfg)
     assert list(steps)[:5] == ["data test", "data train", "data grpo", "data pref", "data kto"]
     assert steps["data pref"].argv[:2] == ["convert", "preference"] and "--num-samples" in steps["data pref"].argv
     samples = [s.argv[s.argv.index("--samples") + 1] for s in (steps["data pref"], steps["data kto"])]
     assert samples == ["data/u_samples.jsonl"] * 2  # mined once, shared
     assert "ignored" not in " ".join(steps["data kto"].argv)
+    assert all("--margin 0.2" in " ".join(steps[s].argv) for s in ("data pref", "data kto"))
     grpo = steps["train grpo-s3"].argv
     assert "dataset=u_grpo" in grpo and "seed=3" in grpo and "max_steps=4" in grpo and "bf16=true" in grpo
     assert "max_steps=9" not in grpo and not any(a.startswith("predict=") for a in grpo)

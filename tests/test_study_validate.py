@@ -42,6 +42,13 @@ def _study(tmp_path: Path, *assignments: str):
 
 def test_shipped_study_passes(tmp_path: Path) -> None:
     check_study(_study(tmp_path))
+    auto = tmp_path / "auto"  # `auto` is resolved by `qalign train` from the mined data's counts
+    auto.mkdir()
+    check_study(_study(auto, "overrides.kto.kto_chosen_weight=auto", "mining_args.margin=0.2"))
+    heavy = tmp_path / "heavy"
+    heavy.mkdir()
+    with pytest.raises(QalignError, match="overrides.kto.kto_chosen_weight='heavy' is not of type float"):
+        check_study(_study(heavy, "overrides.kto.kto_chosen_weight=heavy"))
 
 
 @pytest.mark.parametrize("assignment, message", [

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from qalign.converters.kto_weights import resolve_auto_weights
 from qalign.errors import QalignError
 from qalign.train_args import check_recipe_argv, check_train_config
 
@@ -63,7 +64,8 @@ def test_dataset_dir_defaults_to_top_level_registry(recipe: Path, tmp_path: Path
 
 def _registry(folder: Path, *names: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "dataset_info.json").write_text(json.dumps({n: {"file_name": f"data/{n}.json"} for n in names}))
+    (folder / "dataset_info.json").write_text(json.dumps({n: {"file_name": f"data/{n}.json", "qalign": {
+        "desirable_rows": 3, "undesirable_rows": 6}} for n in names}))  # the counts kto_*_weight: auto reads
     return folder
 
 
@@ -103,7 +105,8 @@ def test_shipped_recipes_pass(path: Path, tmp_path: Path) -> None:
     overrides = [f"dataset_dir={folder}", f"model_name_or_path={tmp_path}"]
     if config.get("adapter_name_or_path"):
         overrides.append(f"adapter_name_or_path={tmp_path}")
-    _, config = check_recipe_argv([str(path), *overrides])
+    argv, config = check_recipe_argv([str(path), *overrides])
+    resolve_auto_weights(argv, config)  # as `qalign train` does before LLaMA-Factory's types are checked
     check_train_config(config, str(path))
 
 

@@ -119,7 +119,7 @@ def _run_preference(args: argparse.Namespace) -> ConversionResult:
 
     result, counts = convert_preference(
         ConvertJob.from_args(args), sampling=sampling_config(args), samples=args.samples, strategy=args.strategy,
-        threshold=args.threshold, max_pairs=args.max_pairs)
+        threshold=args.threshold, max_pairs=args.max_pairs, margin=args.margin)
     print(pair_summary(counts))
     return result
 
@@ -136,7 +136,8 @@ def _run_kto(args: argparse.Namespace) -> ConversionResult:
 
     result, counts = convert_kto(
         ConvertJob.from_args(args), sampling=sampling_config(args), samples=args.samples, strategy=args.strategy,
-        threshold=args.threshold, desirable=args.desirable, max_per_question=args.max_per_question)
+        threshold=args.threshold, desirable=args.desirable, max_per_question=args.max_per_question,
+        margin=args.margin)
     print(kto_summary(counts))
     return result
 
@@ -189,15 +190,17 @@ SUBCOMMANDS: list[Subcommand] = [
         "preference", "DPO/ORPO data: pairs mined from the model's own samples",
         "Sample --num-samples completions per question (LLaMA-Factory template, cached and resumable in "
         "DIR/data/NAME.samples.jsonl), score them against every gold alias and write ranking rows {id, question, "
-        "instruction, input, chosen, rejected}: chosen = the best correct sample or the gold answer, rejected = a "
-        "wrong sample without any gold alias. Example: qalign convert preference --model "
+        "instruction, input, chosen, rejected}: chosen = the shortest exact sample or the gold answer, rejected = "
+        "a sample at least --margin below it in F1, verbose ones that hold the gold included (--strategy subem|f1: "
+        "the old rules). Example: qalign convert preference --model "
         "models/smollm2-135m-instruct --input data/sample/nq-sample.train.jsonl --dataset nq_pref",
         _run_preference, _preference_arguments,
     ),
     Subcommand(
         "kto", "KTO data: desirable / undesirable samples, cleaned",
-        "Label the model's samples (desirable = correct and/or gold, undesirable = wrong), drop empty, degenerate, "
-        "duplicate and gold-holding negatives, and write {id, question, instruction, input, output, kto_tag} rows. "
+        "Label the model's samples (desirable = exact samples and/or gold, undesirable = samples at least --margin "
+        "below in F1, verbose ones included), drop empty, degenerate, duplicate and near negatives, and write "
+        "{id, question, instruction, input, output, kto_tag} rows. "
         "Reuse a preference run's samples: qalign convert kto --input data/sample/nq-sample.train.jsonl "
         "--dataset nq_kto --samples data/nq_pref.samples.jsonl",
         _run_kto, _kto_arguments,

@@ -26,11 +26,20 @@ from tqdm.auto import tqdm
 from qalign.converters.job import ConvertJob
 from qalign.converters.prompts import render_prompt
 from qalign.errors import QalignError
-from qalign.evaluators.metrics import f1_score, score_all, substring_exact_match
+from qalign.evaluators.metrics import (
+    exact_match,
+    f1_score,
+    normalize_answer,
+    score_all,
+    strip_think,
+    substring_exact_match,
+)
 from qalign.paths import jsonl_file
 from qalign.records import LoadStats
 
-Strategy = Literal["subem", "f1"]
+Strategy = Literal["em", "subem", "f1"]
+STRATEGIES = ("em", "subem", "f1")
+DEFAULT_MARGIN = 0.3  # strategy em: a negative's F1 is at least this far below the positive's
 CACHE_FORMAT = 1
 
 
@@ -69,13 +78,32 @@ class Question:
     prompt: str
 
 
-def is_correct(text: str, answers: list[str], strategy: Strategy = "subem", threshold: float = 0.5) -> bool:
-    """`subem`: some gold alias occurs in the answer; `f1`: token F1 >= threshold."""
+def is_correct(text: str, answers: list[str], strategy: Strategy = "em", threshold: float = 0.5) -> bool:
+    """`em`: the answer equals a gold alias; `subem`: some gold alias occurs in it; `f1`: token F1 >= threshold."""
+    if strategy == "em":
+        return exact_match(text, answers) == 1.0
     if strategy == "subem":
         return substring_exact_match(text, answers) == 1.0
     if strategy == "f1":
         return f1_score(text, answers) >= threshold
-    raise ValueError(f"unknown strategy {strategy!r}; use subem or f1")
+    raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
+
+
+def check_margin(margin: float) -> float:
+    """`margin` itself when it is in (0, 1] (F1 lies in [0, 1], and a tie is no preference)."""
+    if not 0 < margin <= 1:
+        raise ValueError(f"margin {margin} is outside (0, 1]: F1 lies in [0, 1] and a tie is no preference")
+    return margin
+
+
+def answer_words(text: str) -> int:
+    """Length of an answer in normalised words: the tokens F1 counts (`<think>` dropped, no articles)."""
+    return len(normalize_answer(strip_think(text)).split())
+
+
+def mean_words(total: int, count: int) -> float | None:
+    """A mean of `answer_words` for the summaries and the registry (None when there is nothing to average)."""
+    return round(total / count, 2) if count else None
 
 
 def default_cache_path(dataset_dir: str | Path, name: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qalign.converters.sampling import SamplingConfig
+from qalign.converters.sampling import DEFAULT_MARGIN, STRATEGIES, SamplingConfig, check_margin
 
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig | None:
@@ -46,7 +46,19 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                        help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 (default: %(default)s)")
     group.add_argument("--samples", metavar="FILE", help="sample cache to read/resume (default: "
                                                          "DIR/data/NAME.samples.jsonl); reuse another run's here")
-    group.add_argument("--strategy", choices=("subem", "f1"), default="subem",
-                       help="what counts as a correct sample: a gold alias inside it (subem, default) or "
-                            "F1 >= --threshold (f1)")
+    group.add_argument("--strategy", choices=STRATEGIES, default="em",
+                       help="what makes a positive: an answer equal to a gold alias, best F1 then fewest words, "
+                            "else the gold answer; every sample --margin below it in F1 is a negative, verbose ones "
+                            "(holding the gold) included (em, default); or the old rules, negatives that hold a gold "
+                            "alias dropped: a gold alias inside it (subem) or F1 >= --threshold (f1)")
+    group.add_argument("--margin", type=_margin, default=DEFAULT_MARGIN, metavar="M",
+                       help="--strategy em: a negative's F1 is at least M below the positive's; closer samples are "
+                            "dropped and counted as near (%(default)s)")
     group.add_argument("--threshold", type=float, default=0.5, help="F1 threshold of --strategy f1 (0.5)")
+
+
+def _margin(text: str) -> float:
+    try:
+        return check_margin(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--margin {text}: {exc}") from None

@@ -17,7 +17,7 @@ from qalign.study.config import StudyConfig
 
 # Only these keys of `mining_args` reach `qalign convert preference|kto`, as --dashed-options.
 _MINING_KEYS = ("num_samples", "temperature", "top_p", "max_new_tokens", "batch_size", "batch_tokens", "seed",
-                "device", "strategy", "threshold")
+                "device", "strategy", "threshold", "margin")
 # ... and these keys of `teach_args` reach `qalign teach` (teacher `self` or an endpoint)
 TEACH_KEYS = ("num_samples", "temperature", "top_p", "max_new_tokens", "answer_tokens", "prefix", "seed",
               "batch_size", "batch_tokens", "device", "timeout", "retries", "concurrency")

@@ -43,6 +43,7 @@ def _prompt_problems(cfg: StudyConfig) -> list[str]:
 
 
 def _key_problems(where: str, values: dict[str, Any], fields: dict[str, Any]) -> list[str]:
+    from qalign.converters.kto_weights import WEIGHT_KEYS
     from qalign.train_args import accepts, type_name
 
     problems = []
@@ -50,7 +51,7 @@ def _key_problems(where: str, values: dict[str, Any], fields: dict[str, Any]) ->
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             problems.append(f"{where}.{key}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        elif not accepts(fields[key], value):
+        elif not accepts(fields[key], value) and not (key in WEIGHT_KEYS and value == "auto"):  # resolved at train
             problems.append(f"{where}.{key}={value!r} is not of type {type_name(fields[key])}")
     return problems
 
