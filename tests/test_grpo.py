@@ -72,14 +72,40 @@ def test_rewards_match_hand_computed_values() -> None:
 
 def test_format_reward_short_answer_and_think_block() -> None:
     plain = ["Paris", "", "one two three four five six seven eight nine ten eleven", "<think>x</think> Rome"]
-    assert format_reward(plain, prompts=["Question: ?"] * 4) == [1.0, 0.0, 0.0, 1.0]
+    golds = [["Paris"], ["Paris"], ["one two three four five six seven eight nine ten eleven"], ["rome"]]
+    assert format_reward(plain, golds, prompts=["Question: ?"] * 4) == [1.0, 0.0, 0.0, 1.0]
     think_prompt = "First think inside <think> and </think>, then answer."
     think = ["<think>it is paris</think> Paris", "Paris", "<think>a</think>", "<think>a</think><think>b</think> x",
              "<think>unclosed Paris", "<think>a</think> " + "w " * 11]
-    assert format_reward(think, prompts=[think_prompt] * 6) == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    golds = [["paris"], ["paris"], ["a"], ["x"], ["paris"], ["w"]]
+    assert format_reward(think, golds, prompts=[think_prompt] * 6) == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     # a chat template that opens the block in the prompt: the completion starts inside it
-    assert format_reward(["reasoning</think> Paris"], prompts=[think_prompt + "\n<think>\n"]) == [1.0]
-    assert set(REWARD_FUNCS) == {"subem", "em", "f1", "format"} and DEFAULT_REWARDS == ("subem", "f1")
+    assert format_reward(["reasoning</think> Paris"], [["Paris"]], prompts=[think_prompt + "\n<think>\n"]) == [1.0]
+    assert set(REWARD_FUNCS) == {"subem", "em", "f1", "format"} and DEFAULT_REWARDS == ("em", "f1")
+
+
+def test_format_credit_needs_a_correct_answer() -> None:
+    # well formed and short, but wrong: no credit; a near miss with F1 >= 0.5 keeps it ("in 1945": F1 2/3)
+    completions = ["Lyon", "in 1945", "Paris", "it was in the year 1945"]
+    golds = [["Paris"], ["1945"], ["Paris"], ["1945"]]
+    assert format_reward(completions, golds, prompts=["Question: ?"] * 4) == [0.0, 1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="needs the gold `answers`"):
+        format_reward(["Paris"], None)
+
+
+def test_a_verbose_answer_naming_the_gold_earns_less_than_the_exact_one() -> None:
+    """Under the default rewards length no longer pays: SubEM gave the two the same 1.0, and the recipe paid it."""
+    golds = [["Paris"], ["Paris"]]
+    exact, verbose = "Paris", "The capital of France is the city of Paris, which"
+    totals = [sum(scores) for scores in zip(*(REWARD_FUNCS[name]([exact, verbose], golds) for name in DEFAULT_REWARDS),
+                                            strict=True)]
+    assert totals[0] == 2.0 and totals[1] == pytest.approx(2 / 9)  # em 0 + f1: 1 of 8 words (articles dropped)
+    assert subem([exact, verbose], golds) == [1.0, 1.0]
+    import yaml
+
+    for recipe in (RECIPE, str(REPO / "recipes/qwen3-8b-awq/grpo.yaml")):
+        config = yaml.safe_load(Path(recipe).read_text())
+        assert config["reward_funcs"] == ["em", "f1"] and config["mask_truncated_completions"] is True, recipe
 
 
 # ---------------------------------------------------------------- argument parsing and validation
@@ -98,7 +124,7 @@ def test_grpo_keys_are_split_off_before_llamafactory_parses() -> None:
     assert args.reward_funcs == ["subem", "em"]
     assert stage_of(argv) == "grpo" and stage_of(["--stage=dpo"]) == "dpo" and stage_of({}) == "sft"
     defaults = parse_grpo_args({"reward_weights": "1, 0.5"})
-    assert defaults.reward_funcs == ["subem", "f1"] and defaults.reward_weights == [1.0, 0.5]
+    assert defaults.reward_funcs == ["em", "f1"] and defaults.reward_weights == [1.0, 0.5]
 
 
 @pytest.mark.parametrize(
@@ -306,3 +332,29 @@ def test_webui_run_trains_grpo_with_qalign_train(webui, tiny_qwen3: Path, monkey
 
 
 # the sweep (any stage, on a validation slice; the GRPO grid file) is tested in tests/test_sweep.py
+
+
+def test_a_skipped_step_names_its_micro_batches_in_output_dir(tiny_qwen3: Path, tmp_path: Path) -> None:
+    """A real step of the stage: its two micro-batches are recorded, and the guard dumps them when it skips."""
+    register_all()
+    from llamafactory.train.tuner import run_exp
+    from transformers import TrainerCallback
+
+    class PoisonFirstStep(TrainerCallback):  # runs before the guard (the stage appends the guard after these)
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 0:
+                next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+
+    _write_dataset(tmp_path)
+    run_exp({**_lf_args(tiny_qwen3, tmp_path, max_steps=2, per_device_train_batch_size=4,
+                        gradient_accumulation_steps=2, num_generations=4, max_completion_length=6,
+                        mask_truncated_completions=True, save_strategy="no"), "finetuning_type": "lora"},
+            callbacks=[PoisonFirstStep()])
+    dump = json.loads((tmp_path / "out/nonfinite_step_1.json").read_text())
+    assert dump["step"] == 1 and dump["first_micro_batch_with_nonfinite_grad"] is None  # poisoned after backward
+    assert [mb["micro_batch"] for mb in dump["micro_batches"]] == [0, 1]
+    for mb in dump["micro_batches"]:
+        assert mb["rows"] == 4 and len(mb["completion_tokens_kept"]) == 4 and mb["logps_nonfinite"] == 0
+        assert mb["rows_fully_masked"] == sum(n == 0 for n in mb["completion_tokens_kept"])
+        assert mb["grads_finite_after"] is True and isinstance(mb["loss"], float)
+    assert not (tmp_path / "out/nonfinite_step_2.json").exists()

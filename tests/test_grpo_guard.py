@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -48,3 +49,32 @@ def test_the_stage_installs_the_guard_first() -> None:
     args = SimpleNamespace(pissa_convert=False, use_swanlab=False)
     callbacks = stage_callbacks(SimpleNamespace(), SimpleNamespace(), SimpleNamespace(), args, SimpleNamespace())
     assert isinstance(callbacks[0], NonFiniteGradientGuard)
+
+
+def test_a_skipped_step_dumps_its_micro_batches_and_a_finite_one_forgets_them(tmp_path, capsys) -> None:
+    from qalign.grpo.probe import summarize_microbatch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard, state, records = NonFiniteGradientGuard(), SimpleNamespace(global_step=0), []
+    guard.attach(records, str(tmp_path))
+    # two micro-batches as TRL 0.24 hands them out: left-padded prompts, right-padded completions
+    batch = {"prompt_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]),
+             "completion_mask": torch.tensor([[1, 1, 0], [0, 0, 0]]),  # row 2 truncated and masked
+             "advantages": torch.tensor([0.5, -0.5]), "num_items_in_batch": torch.tensor(5)}
+    records.append({**summarize_microbatch(0, batch), "grads_finite_after": True})
+    records.append({**summarize_microbatch(1, batch), "grads_finite_after": True})
+    _step(guard, model, optimizer, state, 1.0)  # finite: nothing written, the records are cleared for the next step
+    assert records == [] and not list(tmp_path.iterdir())
+
+    records.append({**summarize_microbatch(0, batch), "grads_finite_after": True})
+    records.append({**summarize_microbatch(1, batch), "grads_finite_after": False})
+    _step(guard, model, optimizer, state, float("nan"))
+    dump = json.loads((tmp_path / "nonfinite_step_2.json").read_text())
+    assert dump["step"] == 2 and dump["first_micro_batch_with_nonfinite_grad"] == 1
+    first = dump["micro_batches"][0]
+    assert first["prompt_lengths"] == [2, 4] and first["left_pad_max"] == 2
+    assert first["completion_tokens_kept"] == [2, 0] and first["rows_fully_masked"] == 1
+    assert (first["num_items_in_batch"], first["advantages_min"], first["advantages_max"]) == (5.0, -0.5, 0.5)
+    assert records == [] and "micro-batches in " in capsys.readouterr().out

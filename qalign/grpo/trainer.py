@@ -2,8 +2,10 @@
 
 `QalignGRPOTrainer` is TRL's GRPOTrainer with LLaMA-Factory's `create_custom_optimizer` / `create_custom_scheduler`
 (as its DPO/KTO trainers use them), so LoRA+, GaLore, APOLLO, Adam-mini, Muon and the warmup-stable-decay schedule in
-a recipe take effect. `stage_callbacks` adds the callbacks LLaMA-Factory's `tuner._training_function` adds (log,
-PiSSA conversion, SwanLab, profilers, reporter). `check_supported` refuses what the stage cannot honour.
+a recipe take effect; it also records a small summary of each micro-batch of a step (qalign/grpo/probe.py) for the
+non-finite gradient guard to dump when it skips that step. `stage_callbacks` adds the callbacks LLaMA-Factory's
+`tuner._training_function` adds (log, PiSSA conversion, SwanLab, profilers, reporter). `check_supported` refuses
+what the stage cannot honour.
 """
 
 from __future__ import annotations
@@ -77,8 +79,37 @@ class QalignGRPOTrainer(GRPOTrainer):
     """TRL's GRPOTrainer whose optimizer and scheduler come from LLaMA-Factory's recipe options."""
 
     def __init__(self, finetuning_args: FinetuningArguments, **kwargs: Any) -> None:
+        from qalign.grpo.guard import NonFiniteGradientGuard
+
         self.finetuning_args = finetuning_args
+        self.step_records: list[dict[str, Any]] = []  # this optimizer step's micro-batches; the guard clears it
         super().__init__(**kwargs)
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, NonFiniteGradientGuard):
+                callback.attach(self.step_records, self.args.output_dir)
+
+    def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
+        from qalign.grpo.probe import summarize_microbatch
+
+        inputs = super()._prepare_inputs(generation_batch)
+        if self.model.training:
+            self.step_records.append(summarize_microbatch(len(self.step_records), inputs))
+        return inputs
+
+    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        logps, entropies = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if self.step_records and logps.requires_grad:  # the loss pass (not the no-grad old/ref passes)
+            self.step_records[-1]["logps_nonfinite"] = int((~logps.detach().isfinite()).sum().item())
+        return logps, entropies
+
+    def training_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        from qalign.grpo.probe import grads_finite
+
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.step_records:
+            self.step_records[-1]["loss"] = float(loss.item())
+            self.step_records[-1]["grads_finite_after"] = grads_finite(model)
+        return loss
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
         from llamafactory.train.trainer_utils import create_custom_optimizer
