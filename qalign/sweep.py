@@ -104,7 +104,7 @@ def load_sweep(path: str | Path, assignments: list[str] | None = None, *, seeds:
     metric = str(spec.get("metric", "f1")).lower()
     if metric not in METRICS:
         raise QalignError(f"{path}: metric {metric!r}: choose one of {', '.join(METRICS)}.")
-    return build_config(merged, path), points, metric
+    return build_config(merged, path, exact_methods=True), points, metric  # the grid's methods, no implied cot
 
 
 def check_points(cfg: Any, points: list[Point]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -64,11 +65,12 @@ def test_alpaca_rows_and_registry_entry(tmp_path: Path, small: Path, capsys: pyt
     # The question comes before the passages and is restated after them.
     assert prompt.index("Question: who wrote hamlet") < prompt.index("Passage 1") < prompt.rindex("who wrote hamlet")
     info = json.loads((tmp_path / "dataset_info.json").read_text())
+    data = (tmp_path / "data/tiny.json").read_bytes()  # the entry records the hash and size of the bytes written
     assert info["tiny"] == {
         "file_name": "data/tiny.json",
         "columns": {"prompt": "instruction", "query": "input", "response": "output"},
         "qalign": {"kind": "sft", "source": str(small), "rows": 2, "prompt": "answer_only", "top_k": 2,
-                   "answer": "shortest"},
+                   "answer": "shortest", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
     }
     out = capsys.readouterr()
     assert f"wrote 2 rows to {tmp_path / 'data/tiny.json'}" in out.out

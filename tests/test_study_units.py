@@ -35,7 +35,8 @@ def test_study_file_defaults_overrides_and_errors(tmp_path: Path, monkeypatch) -
     assert cfg.methods == ["sft", "grpo"] and cfg.seeds == [1, 2] and cfg.output == Path("out/x")
     assert cfg.overrides["sft"] == {"max_steps": 7} and cfg.train_args == {"bf16": True} and cfg.top_k == 3
     assert cfg.recipes == REPO_ROOT / "recipes/smollm2-135m"  # found beside qalign when not in the cwd
-    assert cfg.bootstrap_samples == 1000 and cfg.row_methods == ["sft", "grpo", "cot"]
+    # --methods is the whole list of rows: no cot row (not even the no-teacher hint) unless it names cot
+    assert cfg.bootstrap_samples == 1000 and cfg.row_methods == ["sft", "grpo"]
     assert build_config(BASE).output == Path("reports/u")
     for spec, message in [({**BASE, "method": ["sft"]}, "unknown key"), ({**BASE, "methods": ["ppo"]}, "ppo"),
                           ({**BASE, "name": "a b"}, "must use letters"), ({"name": "u"}, "missing key"),

@@ -1,7 +1,14 @@
 """`dataset_info.json` (LLaMA-Factory's dataset registry): writing converted datasets and registering them.
 
-Each entry qalign writes carries a `qalign` block (kind, source, rows, prompt); LLaMA-Factory ignores keys it
-does not know (`DatasetAttr.join` in llamafactory/data/parser.py reads only its own), so the block is safe.
+Each entry qalign writes carries a `qalign` block (kind, source, rows, prompt, and `sha256`/`bytes` of the data file
+it wrote); LLaMA-Factory ignores keys it does not know (`DatasetAttr.join` in llamafactory/data/parser.py reads only
+its own), so the block is safe. That hash is how qalign knows it wrote a file: replacing a data file that no qalign
+entry describes (a hand-made `data/mine.json`, LLaMA-Factory's `data/identity.json`) needs `force`, and a study's
+data step is done only when its entry describes the file on disk (`describes_file`).
+
+The entry is registered before its data file is renamed into place, and records the hash of the file it replaces
+(`replaces_sha256`): a kill between the two leaves an entry that does not describe the file (the step reruns) and a
+file qalign still recognises as its own (the rerun may replace it).
 
 The read-modify-write of the registry holds a file lock (`.dataset_info.json.lock` beside it), so concurrent
 converts never lose each other's entries; the data file is written inside the lock, after the registry was read and
@@ -11,6 +18,7 @@ the replacement checked. Replacing an entry qalign did not write, or one of anot
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -21,14 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from qalign.converters.overlap import EVAL_KIND, find_overlaps, warn_overlaps, write_sidecar
+from qalign.converters.ownership import check_file_is_ours, entry_meta, file_sha256
 from qalign.errors import QalignError
-from qalign.io import atomic_write_json, atomic_write_text
-from qalign.paths import DATASET_INFO, dataset_file, dataset_file_name
+from qalign.io import atomic_target, atomic_write_text
+from qalign.paths import DATA_FOLDER, DATASET_INFO, dataset_file, dataset_file_name
 from qalign.records import LoadStats
 
-__all__ = ["EVAL_KIND", "DATASET_INFO", "ConversionResult", "check_target", "overlapping_questions",
-           "read_dataset_info", "register_dataset", "registry_lock", "validate_name", "warn_overlaps",
-           "write_dataset"]
+__all__ = ["EVAL_KIND", "DATASET_INFO", "ConversionResult", "check_target", "describes_file", "file_sha256",
+           "overlapping_questions", "read_dataset_info", "register_dataset", "registry_lock", "validate_name",
+           "warn_overlaps", "write_dataset"]
 
 LOCK_FILE = ".dataset_info.json.lock"
 LOCK_TIMEOUT_S = 600.0
@@ -144,6 +153,35 @@ def check_replace(dataset_dir: str | Path, info: dict[str, Any], name: str, kind
                 f"{where}: data/{name}.json is the file of dataset '{other}'; converting '{name}' would overwrite "
                 "it. Pick another --dataset name, or pass --force."
             )
+    check_file_is_ours(dataset_dir, existing, name, _entry_file(dataset_dir, existing))
+    theirs = dataset_dir / DATA_FOLDER / DATASET_INFO
+    if not where.exists() and theirs.is_file():
+        raise QalignError(
+            f"{theirs}: LLaMA-Factory's dataset registry is here (its default dataset_dir is {DATA_FOLDER}/); "
+            f"converting would start a second registry, {where}, that it does not read. Pass --dataset-dir "
+            f"{dataset_dir / DATA_FOLDER} to register there, or --force to start {where} anyway."
+        )
+
+
+def describes_file(dataset_dir: str | Path, name: str, kind: str | None = None) -> bool:
+    """True when `name`'s registry entry is qalign's and describes exactly data/<name>.json on disk: its file
+    name, kind, columns, byte count and sha256 (the columns and row count were registered with that hash)."""
+    dataset_dir = Path(dataset_dir)
+    path = dataset_file(name, dataset_dir)
+    try:
+        entry = read_dataset_info(dataset_dir).get(name)
+        size = path.stat().st_size
+    except (QalignError, OSError):
+        return False
+    meta = entry_meta(entry)
+    if meta is None or entry.get("file_name") != dataset_file_name(name) or not isinstance(meta.get("sha256"), str):
+        return False
+    if (kind is not None and meta.get("kind") != kind) or not entry.get("columns") or meta.get("bytes") != size:
+        return False
+    try:
+        return file_sha256(path) == meta["sha256"]
+    except OSError:
+        return False
 
 
 def _probe_writable(folder: Path) -> None:
@@ -210,8 +248,8 @@ def write_dataset(
     dataset_dir: str | Path, name: str, rows: list[dict[str, Any]], entry: dict[str, Any], stats: LoadStats,
     *, force: bool = False,
 ) -> ConversionResult:
-    """Under the registry lock: check the entry may be replaced, write `<dataset_dir>/data/<name>.json` (atomic),
-    register it; then warn about train/eval overlap."""
+    """Under the registry lock: check the entry may be replaced, write `<dataset_dir>/data/<name>.json` to a temp
+    file, register it with the hash of those bytes, rename it into place; then warn about train/eval overlap."""
     validate_name(name)
     if not rows:
         raise QalignError(
@@ -221,13 +259,20 @@ def write_dataset(
     file_name = dataset_file_name(name)
     path = dataset_file(name, dataset_dir)
     kind = entry.get("qalign", {}).get("kind", "")
+    data = (json.dumps(rows, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    stamp = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     with registry_lock(dataset_dir):
         info = read_dataset_info(dataset_dir)
         check_replace(dataset_dir, info, name, kind, force, entry.get("qalign", {}).get("source"))
-        atomic_write_json(path, rows)
+        replaced = file_sha256(path) if path.is_file() else stamp["sha256"]
+        if replaced != stamp["sha256"]:  # the same bytes again: the same entry
+            stamp["replaces_sha256"] = replaced
+        with atomic_target(path) as tmp:
+            tmp.write_bytes(data)
+            # registered first: a kill before the rename leaves an entry that does not describe the old file
+            info[name] = {**entry, "file_name": file_name, "qalign": {**entry.get("qalign", {}), **stamp}}
+            _write_info(dataset_dir, info)
         write_sidecar(path, [row["question"] for row in rows if isinstance(row.get("question"), str)])
-        info[name] = {**entry, "file_name": file_name}
-        _write_info(dataset_dir, info)
     overlaps = find_overlaps(dataset_dir, info, [row["question"] for row in rows], kind, exclude=name)
     warn_overlaps(name, kind, overlaps)
     return ConversionResult(name=name, path=path, rows=len(rows), stats=stats, overlaps=overlaps)

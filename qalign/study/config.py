@@ -72,6 +72,7 @@ class StudyConfig:
     split: str = "test"  # what `test` is: dev, test or validation (the report says which)
     val_limit: int | None = None  # score on the val_limit train-file questions after the first train_limit
     raw: dict[str, Any] = field(default_factory=dict)
+    methods_exact: bool = False  # `methods` came from --methods (or methods=...): exactly the rows, no implied cot
 
     def dataset(self, what: str) -> str:
         """Study-namespaced dataset name, e.g. `<name>_train`."""
@@ -82,12 +83,17 @@ class StudyConfig:
 
     @property
     def row_methods(self) -> list[str]:
-        """The table's methods: `methods` (sft first when others continue it), then always cot (trained only when
-        `cot_teacher` is given)."""
+        """The table's methods: `methods` (sft first when others continue it), then cot: when asked for (trained
+        only with a `cot_teacher`), or as a hint row when the methods came from the study file."""
         methods = [m for m in self.methods if m != "cot"]
         if self.from_sft:
             methods.sort(key=lambda m: m != "sft")
-        return methods + ["cot"]
+        return methods + (["cot"] if "cot" in self.methods or not self.methods_exact else [])
+
+    @property
+    def runs_cot(self) -> bool:
+        """The CoT row (teacher, CoT data, base_model_cot, cot-s*) is planned: cot is a method and has a teacher."""
+        return "cot" in self.methods and bool(self.cot_teacher)
 
     def label(self, method: str) -> str:
         """The method's name in the report: `dpo (from sft)` when it continues the SFT adapter."""
@@ -215,8 +221,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return read_yaml_mapping(path, "study file", "recipes/smollm2-135m/study.yaml", _REQUIRED)
 
 
-def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfig:
-    """Validate a study mapping (defaults filled in) and resolve it into a `StudyConfig`."""
+def build_config(spec: dict[str, Any], source: Path | None = None, *, exact_methods: bool = False) -> StudyConfig:
+    """Validate a study mapping (defaults filled in) and resolve it into a `StudyConfig`. A study file that names a
+    `cot_teacher` asks for the cot row; with `exact_methods` (--methods) `methods` is the whole list."""
     where = str(source or "study")
     unknown = sorted(set(spec) - set(_REQUIRED) - set(_DEFAULTS))
     if unknown:
@@ -243,8 +250,10 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
     stray = sorted(set(boot) - {"samples", "seed", "level"})
     if stray:
         raise QalignError(f"{where}: bootstrap: unknown key(s) {', '.join(stray)}; known: samples, seed, level.")
-    from_sft = _from_sft(merged["from_sft"], methods, where)
     teacher = _teacher(merged["cot_teacher"], where)
+    if teacher and not exact_methods and "cot" not in methods:
+        methods.append("cot")
+    from_sft = _from_sft(merged["from_sft"], methods, where)
     if "cot" in from_sft and teacher != SELF_TEACHER:
         raise QalignError(f"{where}: from_sft: cot makes each seed's SFT model the teacher; that needs "
                           "cot_teacher: self.")
@@ -272,6 +281,7 @@ def build_config(spec: dict[str, Any], source: Path | None = None) -> StudyConfi
         mining_args=_mapping(merged["mining_args"], "mining_args", where), overrides=overrides,
         from_sft=from_sft, teach_args=_mapping(merged["teach_args"], "teach_args", where), val_limit=val_limit,
         raw=merged, split="validation" if val_limit else _split(merged["test_split"], str(merged["test"]), where),
+        methods_exact=exact_methods,
     )
 
 
@@ -294,4 +304,6 @@ def load_study(
     for key, value in (("seeds", seeds), ("methods", methods), ("output", output), ("cot_teacher", cot_teacher)):
         if value:
             spec[key] = value
-    return build_config(spec, Path(path))
+    # a subset given on the command line is the whole list of rows, cot included
+    exact = bool(methods) or any(a.partition("=")[0].strip() == "methods" for a in assignments or [])
+    return build_config(spec, Path(path), exact_methods=exact)

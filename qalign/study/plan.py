@@ -1,7 +1,8 @@
 """The study as a list of named steps: convert the data, mine preference/KTO data, train, predict, evaluate.
 
-Each step is one `qalign ...` command with a done-marker (the file it writes) and the steps it needs. Runs live in
-OUTPUT/runs/<run>/{train,predict,eval}; <run> is `base` or `<method>-s<seed>`.
+Each step is one `qalign ...` command with a done-marker (the file it writes) and the steps it needs; a data step
+is done only when its registry entry describes that file exactly (so a kill between writing and registering it
+reruns the step). Runs live in OUTPUT/runs/<run>/{train,predict,eval}; <run> is `base` or `<method>-s<seed>`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ TEACH_KEYS = ("num_samples", "temperature", "top_p", "max_new_tokens", "answer_t
 
 @dataclass
 class Step:
-    """One command of the study: `qalign ARGV`, done when `done` exists; `check` says why it cannot run."""
+    """One command of the study: `qalign ARGV`, done when `done` exists (and `verify` holds); `check` says why it
+    cannot run."""
 
     name: str
     argv: list[str]
@@ -33,6 +35,11 @@ class Step:
     needs: tuple[str, ...] = ()
     run: str | None = None  # the table row (run id) this step produces
     check: Callable[[], str | None] = field(default=lambda: None, repr=False)
+    verify: Callable[[], bool] | None = field(default=None, repr=False)  # more than `done` existing
+
+    def is_done(self) -> bool:
+        """The done-marker exists and, for a data step, the registry entry describes it exactly."""
+        return self.done.exists() and (self.verify is None or self.verify())
 
 
 BASE_COT = "base_cot"  # the run id of the base model with the CoT prompt
@@ -68,9 +75,14 @@ def _all(*checks: Callable[[], str | None]) -> Callable[[], str | None]:
 def _convert(cfg: StudyConfig, fmt: str, source: str, what: str, limit: int | None, extra: list[str],
              prompt: list[str]) -> Step:
     """`qalign convert FMT` into the study-namespaced dataset `<name>_<what>`."""
-    argv = ["convert", fmt, "--input", source, "--dataset", cfg.dataset(what), "--top-k", str(cfg.top_k),
+    from qalign.converters.job import FORMAT_KINDS
+    from qalign.converters.registry import describes_file
+
+    name = cfg.dataset(what)
+    argv = ["convert", fmt, "--input", source, "--dataset", name, "--top-k", str(cfg.top_k),
             *prompt, *(["--limit", str(limit)] if limit else []), *extra]
-    return Step(f"data {what}", argv, dataset_file(cfg.dataset(what)), check=_converter_check(fmt))
+    return Step(f"data {what}", argv, dataset_file(name), check=_converter_check(fmt),
+                verify=lambda: describes_file(".", name, FORMAT_KINDS.get(fmt)))
 
 
 def _used_by(cfg: StudyConfig, step: Step, *users: str) -> Step:
@@ -120,7 +132,7 @@ def _data_steps(cfg: StudyConfig) -> list[Step]:
     if "grpo" in methods:
         steps.append(_used_by(cfg, _convert(cfg, "grpo", cfg.train, "grpo", cfg.train_limit, [], prompt), "grpo"))
     steps += _mined_steps(cfg, methods - set(cfg.from_sft), "", None)  # from the base model
-    if cfg.cot_teacher:
+    if cfg.runs_cot:
         if "cot" not in cfg.from_sft:
             steps += cot_steps(cfg, "", None)
         if cfg.cot_prompt != cfg.prompt:  # the CoT model is tested with the prompt it was trained on
@@ -239,11 +251,11 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
     (methods in `from_sft`: after SFT, their data mined from the SFT model, training continuing its adapter)."""
     steps = _data_steps(cfg)
     steps += _predict_eval(cfg, "base", "base", None, ())
-    if cfg.cot_teacher:  # the seed's base_model_cot: the base model allowed to reason (think prompt, no training)
+    if cfg.runs_cot:  # the seed's base_model_cot: the base model allowed to reason (think prompt, no training)
         steps += _predict_eval(cfg, BASE_COT, "cot", None, ())
     for seed in cfg.seeds:
         for method in cfg.row_methods:
-            if method != "cot" or cfg.cot_teacher:
+            if method != "cot" or cfg.runs_cot:
                 _method_steps(cfg, steps, method, seed, run_id(method, seed))
     return steps
 

@@ -81,10 +81,10 @@ def _seed_mean(method: str, label: str, rows: list[Row]) -> Row:
 def collect_rows(cfg: StudyConfig, steps: list[Step], results: dict[str, StepResult]) -> list[Row]:
     """Base, then every method (one row per seed, plus a seed-mean row when several seeds finished)."""
     rows = [_load_row("base", "base", None, "base", cfg, steps, results)]
-    if cfg.cot_teacher:
+    if cfg.runs_cot:
         rows.append(_load_row("base_model_cot", BASE_COT, None, BASE_COT, cfg, steps, results))
     for method in cfg.row_methods:
-        if method == "cot" and not cfg.cot_teacher:
+        if method == "cot" and not cfg.runs_cot:
             rows.append(Row("cot", "cot", None, NO_TEACHER))
             continue
         label = cfg.label(method)
@@ -209,6 +209,8 @@ def teacher_section(cfg: StudyConfig, steps: list[Step], results: dict[str, Step
     kind = cfg.teacher_kind
     if kind is None:
         return [NO_TEACHER.replace("not run: ", "CoT-SFT not run: ")]
+    if not cfg.runs_cot:
+        return ["CoT-SFT not run: cot is not among the methods asked for (add it to --methods to run it)."]
     if kind == "endpoint":
         who = f"the endpoint {_endpoint_label(cfg.cot_teacher)} (`qalign teach`)"
     elif kind == "self":

@@ -60,10 +60,10 @@ def used_files(cfg: StudyConfig) -> list[Path]:
     from qalign.errors import QalignError
 
     files = [cfg.source] if cfg.source else []
-    methods = [m for m in cfg.row_methods if m != "cot" or cfg.cot_teacher]
+    methods = [m for m in cfg.row_methods if m != "cot" or cfg.runs_cot]
     for name in dict.fromkeys(RECIPE_FILE[m] for m in ("predict", *methods)):
         files.append(cfg.recipes / name)
-    for prompt in dict.fromkeys([cfg.prompt, *([cfg.cot_prompt] if cfg.cot_teacher else [])]):
+    for prompt in dict.fromkeys([cfg.prompt, *([cfg.cot_prompt] if cfg.runs_cot else [])]):
         try:
             files.append(resolve_prompt(prompt))
         except QalignError:

@@ -125,7 +125,7 @@ def run_steps(
             return True
         recorded = _recorded(state_dir, step)
         fresh_inputs = any(need in ran for need in step.needs)
-        if not force and step.done.exists() and not fresh_inputs and recorded in (None, step.argv):
+        if not force and not fresh_inputs and recorded in (None, step.argv) and step.is_done():
             results[step.name] = StepResult("done")
             echo(f"{label}: skip (done)")
             return True

@@ -25,7 +25,7 @@ def _path_problems(cfg: StudyConfig) -> list[str]:
         problems.append(f"model: {cfg.model} does not exist (build it with `qalign model` or fix the path)")
     if not cfg.recipes.is_dir():
         problems.append(f"recipes: {cfg.recipes} is not a folder of recipes (e.g. recipes/smollm2-135m)")
-    if cfg.teacher_kind == "file" and not Path(str(cfg.cot_teacher)).is_file():
+    if cfg.runs_cot and cfg.teacher_kind == "file" and not Path(str(cfg.cot_teacher)).is_file():
         problems.append(f"cot_teacher: {cfg.cot_teacher} is not a file")
     return problems
 
