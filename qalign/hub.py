@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 
 from qalign.errors import QalignError
 
-OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+# the variables that make each library stay offline
+OFFLINE_VARS = {"model": ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"),
+                "dataset": ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
 _PROBE_SECONDS = 2.0
 
 
@@ -41,9 +43,10 @@ def _hub_answers(endpoint: str) -> bool:
     return bool(result and result[0])
 
 
-def offline_reason() -> str | None:
-    """Why the Hub cannot be used now ("HF_HUB_OFFLINE is set", "no connection to huggingface.co"), else None."""
-    for var in OFFLINE_VARS:
+def offline_reason(kind: str = "dataset") -> str | None:
+    """Why the Hub cannot be used now for a `kind` (model or dataset) id ("HF_HUB_OFFLINE is set", "no connection to
+    huggingface.co"), else None."""
+    for var in OFFLINE_VARS[kind]:
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             return f"{var} is set"
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
@@ -74,6 +77,6 @@ def check_local_or_hub(key: str, value: str, kind: str = "model", fix: str = "fi
     cache); online, a non-existent name is left to the libraries as a Hub id."""
     if Path(value).expanduser().exists():
         return
-    reason = offline_reason()
+    reason = offline_reason(kind)
     if reason is not None and not in_hub_cache(value, kind):
         raise missing_path_error(key, value, reason, fix)

@@ -101,7 +101,7 @@ def _unreachable(source: str, why: str) -> QalignError:
 
 
 def _iter_hf(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    reason = offline_reason()  # offline, a mistyped path fails here at once, not after ~25 s of Hub retries
+    reason = offline_reason("dataset")  # offline, a mistyped path fails here at once, not after ~25 s of Hub retries
     if reason is not None and not in_hub_cache(source, "dataset"):
         raise missing_path_error("--input", source, reason, "fix the path, or pass a local .json/.jsonl(.gz) file "
                                  "(download Hub data where you have network access)")
