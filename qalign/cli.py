@@ -10,19 +10,31 @@ from qalign.errors import QalignError
 
 # Sub-commands handed to LLaMA-Factory's launcher unchanged (after qalign registers its stages).
 LLAMAFACTORY_COMMANDS = ("train", "chat", "export", "webui", "webchat", "api", "env", "version")
+INTERMIXED = ("study", "sweep")  # FILE [KEY=VALUE ...] with --options anywhere
 
 
 def run_llamafactory(argv: list[str]) -> int:
     """Run `llamafactory-cli ARGV...` in this process, with qalign's extensions registered first."""
     from qalign.converters.kto_weights import resolve_auto_weights
     from qalign.servers import bind_loopback
-    from qalign.train_args import RECIPE_COMMANDS, check_recipe_argv, check_train_config
+    from qalign.train_args import (
+        RECIPE_COMMANDS,
+        check_grpo_values,
+        check_recipe_argv,
+        check_train_keys,
+        check_train_usage,
+    )
 
     config = None
-    if argv and argv[0] in RECIPE_COMMANDS:  # recipe and overrides checked before the ~40 s of imports
-        rest, config = check_recipe_argv(argv[1:])
-        rest = resolve_auto_weights(rest, config) if argv[0] == "train" else rest  # kto_*_weight: auto -> numbers
+    train = bool(argv) and argv[0] == "train"
+    if train:
+        check_train_usage(argv[1:])  # no recipe, or --flags: the usage, not LLaMA-Factory's traceback
+    if argv and argv[0] in RECIPE_COMMANDS:  # recipe and overrides checked before the 10-14 s of imports
+        rest, config = check_recipe_argv(argv[1:], command=argv[0])
+        rest = resolve_auto_weights(rest, config) if train else rest  # kto_*_weight: auto -> numbers
         argv = [argv[0], *rest]
+    if train and config is not None:
+        check_train_keys(config, argv[1])  # keys, types, paths, datasets: before the imports (cached field table)
     where = bind_loopback(argv[0]) if argv else None
     if where:
         print(where, file=sys.stderr, flush=True)
@@ -31,8 +43,8 @@ def run_llamafactory(argv: list[str]) -> int:
     from qalign.register import register_all
 
     register_all()  # GRPO stage, webui, torchrun worker: before LLaMA-Factory parses anything
-    if argv[0] == "train" and config is not None:
-        check_train_config(config, argv[1])  # keys, types, paths, datasets: before any model or data is loaded
+    if train and config is not None:
+        check_grpo_values(config, argv[1])  # needs TRL (imported by now): before any model or data is loaded
     sys.argv = ["llamafactory-cli", *argv]
     started = time.time()
     try:
@@ -40,7 +52,7 @@ def run_llamafactory(argv: list[str]) -> int:
     except SystemExit as exc:  # the torchrun launcher exits with the workers' status
         if exc.code not in (0, None):
             raise
-    if argv[0] == "train" and config is not None and config.get("stage") != "grpo":  # GRPO prints its own
+    if train and config is not None and config.get("stage") != "grpo":  # GRPO prints its own
         from qalign.health import report_config
 
         report_config(config, since=started)
@@ -73,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`parser.parse_args`, except that `study` and `sweep` (FILE [KEY=VALUE ...] [--options]) take their KEY=VALUE
+    assignments before, between or after the options (`study.yaml --dry-run top_k=3`), as their headers show."""
+    if argv and argv[0] in INTERMIXED:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+        args = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LLAMAFACTORY_COMMANDS:
@@ -82,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qalign: error: {exc}", file=sys.stderr)
             return 2
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from qalign.errors import QalignError
+from qalign.hub import in_hub_cache, missing_path_error, offline_reason
 from qalign.io import iter_json_records
 from qalign.text import normalize_answer
 
@@ -93,11 +93,6 @@ def looks_like_hf_id(source: str) -> bool:
     return not path.parent.is_dir()
 
 
-def _hub_offline() -> bool:
-    return any(os.environ.get(var, "").lower() in ("1", "true", "yes", "on")
-               for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def _unreachable(source: str, why: str) -> QalignError:
     return QalignError(
         f"{source}: the Hugging Face Hub is unreachable ({why}), and no local file has that name. "
@@ -106,8 +101,10 @@ def _unreachable(source: str, why: str) -> QalignError:
 
 
 def _iter_hf(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    if _hub_offline():
-        raise _unreachable(source, "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set")
+    reason = offline_reason("dataset")  # offline, a mistyped path fails here at once, not after ~25 s of Hub retries
+    if reason is not None and not in_hub_cache(source, "dataset"):
+        raise missing_path_error("--input", source, reason, "fix the path, or pass a local .json/.jsonl(.gz) file "
+                                 "(download Hub data where you have network access)")
     import datasets
     import requests
     from datasets.exceptions import DatasetNotFoundError, DatasetsError
@@ -255,7 +252,9 @@ def _collect(rows: Any, records: list[QARecord], stats: LoadStats, strict: bool,
             if record_id in explicit_ids:
                 raise QalignError(
                     f"{location}: id {record_id!r} was already used at {explicit_ids[record_id]} by another "
-                    "question. Ids join predictions to gold answers and must be unique: fix one of them."
+                    "question. An id names one question in the converted set (a training row; in an eval set, the row "
+                    "its prediction joins to): make one of them unique, or delete both ids to get ids made from the "
+                    "questions."
                 )
             explicit_ids[record_id] = location
         else:

@@ -1,12 +1,14 @@
 """Checks of `qalign train RECIPE key=value ...` before anything heavy runs.
 
-Two passes, both before a model or dataset is loaded:
+Three passes, all before a model or dataset is loaded:
 
 1. `check_recipe_argv` (no heavy import, milliseconds): the recipe is an existing YAML/JSON file that parses, every
    override is `key=value` with a value that parses (LLaMA-Factory merges them with OmegaConf, and so do we).
-2. `check_train_config` (after `llamafactory.hparams` is imported, which the run needs anyway): every key is one
+2. `check_train_keys` (before the imports once qalign.train_fields has cached the field table): every key is one
    LLaMA-Factory (or, under `stage: grpo`, qalign's GRPO stage) knows, every value has its field's type, local
-   paths exist, datasets are registered in `dataset_dir/dataset_info.json`.
+   paths exist (offline, a model that is neither on disk nor cached is an error), datasets are registered in
+   `dataset_dir/dataset_info.json`.
+3. `check_grpo_values` (after the imports, it needs TRL): under `stage: grpo`, what qalign's GRPO parser says.
 
 LLaMA-Factory's `dataset_dir` defaults to `data/`; qalign keeps the registry at the top level, so a recipe without
 `dataset_dir` gets `dataset_dir=.` when `data/dataset_info.json` does not exist.
@@ -14,7 +16,6 @@ LLaMA-Factory's `dataset_dir` defaults to `data/`; qalign keeps the registry at 
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import enum
 import json
@@ -22,15 +23,32 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin
 
 from qalign.errors import QalignError
+from qalign.hub import check_local_or_hub
+from qalign.train_fields import grpo_fields as grpo_fields
+from qalign.train_fields import llamafactory_fields as llamafactory_fields
+from qalign.train_fields import train_fields
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 RECIPE_COMMANDS = ("train", "chat", "export", "api", "webchat")  # LLaMA-Factory commands that read a recipe
 _BOOL_TEXT = {"true", "false", "yes", "no", "1", "0"}
 _PATH_KEYS = ("model_name_or_path", "adapter_name_or_path", "resume_from_checkpoint", "deepspeed")
 _DATASET_KEYS = ("dataset", "eval_dataset")
+TRAIN_USAGE = ("qalign train RECIPE.yaml [key=value ...], e.g. `qalign train recipes/smollm2-135m/sft.yaml "
+               "max_steps=20` (recipes: recipes/<model>/{sft,dpo,orpo,kto,grpo}.yaml)")
+
+
+def check_train_usage(args: list[str]) -> None:
+    """`qalign train` with nothing, or with LLaMA-Factory's `--key value` form: the usage, not LLaMA-Factory's
+    traceback (`-h` still shows LLaMA-Factory's options)."""
+    if not args:
+        raise QalignError(f"train needs a recipe: {TRAIN_USAGE}.")
+    if args[0].startswith("-") and args[0] not in ("-h", "--help"):
+        raise QalignError(f"train takes a recipe file first, then key=value overrides, not --flags (got {args[0]}): "
+                          f"{TRAIN_USAGE}. Write each flag as key=value after the recipe (--max_steps 20 -> "
+                          "max_steps=20).")
 
 
 def _merge(recipe: Path, overrides: list[str]) -> dict[str, Any]:
@@ -58,17 +76,30 @@ def _merge(recipe: Path, overrides: list[str]) -> dict[str, Any]:
     return merged
 
 
-def check_recipe_argv(argv: list[str], cwd: Path | None = None) -> tuple[list[str], dict[str, Any] | None]:
+def _not_a_recipe(recipe: Path, command: str) -> QalignError:
+    if command == "train":
+        return QalignError(f"{recipe}: not a recipe file; pass a .yaml recipe first, e.g. "
+                           "`qalign train recipes/smollm2-135m/sft.yaml max_steps=20`.")
+    # chat, api, webchat, export: LLaMA-Factory reads a YAML (+ key=value after it) or --flags only
+    return QalignError(f"{recipe}: not a recipe file. `qalign {command}` takes a .yaml file first (with "
+                       f"model_name_or_path and template, e.g. `qalign {command} chat.yaml`), then key=value "
+                       "overrides; "
+                       f"or only --flags: `qalign {command} --model_name_or_path models/smollm2-135m-instruct "
+                       "--template smollm2`.")
+
+
+def check_recipe_argv(argv: list[str], cwd: Path | None = None,
+                      command: str = "train") -> tuple[list[str], dict[str, Any] | None]:
     """Cheap checks of `RECIPE key=value ...`; returns the argv to run (maybe with dataset_dir=.) and the config.
 
     An argv that does not start with a recipe (e.g. `--stage sft ...`) is returned unchanged, with config None.
+    `command` (train, chat, api, ...) picks the example in the messages.
     """
     if not argv or argv[0].startswith("-"):
         return argv, None
     recipe = Path(argv[0])
     if not recipe.name.endswith(RECIPE_SUFFIXES):
-        raise QalignError(f"{recipe}: not a recipe file; pass a .yaml recipe first, e.g. "
-                          "`qalign train recipes/smollm2-135m/sft.yaml max_steps=20`.")
+        raise _not_a_recipe(recipe, command)
     if recipe.is_dir():
         raise QalignError(f"{recipe}: is a folder; pass the recipe file inside it (e.g. {recipe / 'sft.yaml'}).")
     if not recipe.is_file():
@@ -167,32 +198,6 @@ def type_name(tp: Any) -> str:
     return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
 
 
-def llamafactory_fields() -> dict[str, Any]:
-    """{key: type} of every key `llamafactory-cli train` accepts (model, data, training, finetuning, generation)."""
-    from llamafactory.hparams import (
-        DataArguments,
-        FinetuningArguments,
-        GeneratingArguments,
-        ModelArguments,
-        TrainingArguments,
-    )
-
-    fields: dict[str, Any] = {}
-    for cls in (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments, GeneratingArguments):
-        hints = get_type_hints(cls)
-        fields.update({f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init})
-    return fields
-
-
-def grpo_fields() -> dict[str, Any]:
-    """{key: type} of the GRPO stage's keys (reward lists may also be YAML lists)."""
-    from qalign.grpo.args import GRPOArguments
-
-    hints = get_type_hints(GRPOArguments)
-    fields = {f.name: hints[f.name] for f in dataclasses.fields(GRPOArguments) if f.init}
-    return {**fields, "reward_funcs": str | list | None, "reward_weights": str | list | None}
-
-
 def _grpo_problems(config: dict[str, Any]) -> tuple[set[str], list[str]]:
     """The GRPO keys of `config` and what GRPOArguments (qalign's own parser of them) says is wrong."""
     from qalign.grpo.args import parse_grpo_args, split_grpo_args
@@ -233,32 +238,53 @@ def looks_local(value: str) -> bool:
     return Path(value.split("/", 1)[0]).is_dir() if "/" in value else False
 
 
-def check_train_config(config: dict[str, Any], recipe: str) -> None:
-    """Known keys, typed values, existing local paths and registered datasets; a QalignError names the fix."""
-    from qalign.register import register_all
+def _raise(recipe: str, problems: list[str]) -> None:
+    if problems:
+        raise QalignError(f"{recipe} (with the overrides): " + "; ".join(problems) + ". Fix the recipe or the "
+                          "key=value overrides.")
 
-    register_all()  # `stage: grpo` becomes a valid stage
-    fields = llamafactory_fields()
-    grpo_keys, problems = _grpo_problems(config) if str(config.get("stage")) == "grpo" else (set(), [])
+
+def check_train_keys(config: dict[str, Any], recipe: str) -> None:
+    """Known keys, typed values, existing paths and registered datasets; a QalignError names the fix. No heavy
+    import once qalign.train_fields has cached the field table."""
+    fields, grpo = train_fields()
+    grpo = grpo if str(config.get("stage")) == "grpo" else {}
     extra_ok = os.environ.get("ALLOW_EXTRA_ARGS", "").lower() in ("1", "true", "y")  # LLaMA-Factory's own switch
+    problems = []
     for key, value in config.items():
-        if key in grpo_keys:
-            continue
-        if key not in fields:
-            if extra_ok:
+        tp = grpo.get(key, fields.get(key))  # under stage: grpo, temperature & co. are the rollouts' (GRPO's)
+        if tp is None:
+            if extra_ok and key not in grpo:
                 continue
-            close = difflib.get_close_matches(key, fields, n=1)
+            close = difflib.get_close_matches(key, [*fields, *grpo], n=1)
             problems.append(f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        elif not accepts(fields[key], value):
+        elif not accepts(tp, value):
             hint = " (a mapping: quote values holding ': ')" if isinstance(value, dict) else ""
-            problems.append(f"{key}={value!r} is not of type {type_name(fields[key])}{hint}")
+            problems.append(f"{key}={value!r} is not of type {type_name(tp)}{hint}")
     for key in _PATH_KEYS:
         value = config.get(key)
         if isinstance(value, str) and value and looks_local(value):
             for part in value.split(","):
                 if not Path(part.strip()).expanduser().exists():
                     problems.append(f"{key}: {part.strip()} does not exist")
-    if problems:
-        raise QalignError(f"{recipe} (with the overrides): " + "; ".join(problems) + ". Fix the recipe or the "
-                          "key=value overrides.")
+    model = config.get("model_name_or_path")
+    if isinstance(model, str) and model and not looks_local(model):
+        try:  # offline, a Hub-shaped name that is not on disk nor in the Hub cache cannot load
+            check_local_or_hub("model_name_or_path", model, fix="point it at a model folder (e.g. "
+                               "models/smollm2-135m-instruct) or at a Hub id downloaded before")
+        except QalignError as exc:
+            problems.append(str(exc).rstrip("."))
+    _raise(recipe, problems)
     _check_datasets(config, recipe)
+
+
+def check_grpo_values(config: dict[str, Any], recipe: str) -> None:
+    """Under `stage: grpo`, the values through qalign's GRPO parser (ranges, reward names; imports TRL)."""
+    if str(config.get("stage")) == "grpo":
+        _raise(recipe, _grpo_problems(config)[1])
+
+
+def check_train_config(config: dict[str, Any], recipe: str) -> None:
+    """Every check of `qalign train`'s config: check_train_keys, then check_grpo_values."""
+    check_train_keys(config, recipe)
+    check_grpo_values(config, recipe)

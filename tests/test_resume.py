@@ -1,6 +1,9 @@
 """Issue 15 Deliver 4: `qalign train` killed with SIGKILL mid-run, rerun with `resume_from_checkpoint=true`, reaches
 the same final step with the same final loss as an uninterrupted run (CPU, tiny Qwen3, fixed seed), for SFT and
-for the GRPO stage; a checkpoint the kill left half-written is skipped."""
+for the GRPO stage; a checkpoint the kill left half-written is skipped.
+
+Issue 23 item 6: the GRPO runs earn rewards (a gold the tiny random model emits), so the comparison of rewards at
+every step and of the final adapter weights can fail."""
 
 from __future__ import annotations
 
@@ -17,7 +20,6 @@ import pytest
 from qalign.errors import QalignError
 from qalign.train_args import check_recipe_argv, checkpoint_is_complete, complete_checkpoints
 from tests.conftest import REPO
-from tests.test_grpo import _write_dataset
 from tests.test_pipeline_tiny import _write_raw
 
 QALIGN = [sys.executable, "-m", "qalign.cli", "train"]
@@ -27,7 +29,35 @@ STEPS, SAVE, KILL_AFTER = 6, 2, 2
 def _final(out: Path) -> dict:
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     logged = [row for row in history if "loss" in row]
-    return {"step": logged[-1]["step"], "loss": logged[-1]["loss"], "reward": logged[-1].get("reward")}
+    return {"step": logged[-1]["step"], "loss": logged[-1]["loss"], "rewards": [row.get("reward") for row in logged],
+            "reward_std": [row.get("reward_std") for row in logged], "grad_norm": [row["grad_norm"] for row in logged]}
+
+
+def _weights(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(out / "adapter_model.safetensors")
+
+
+def _assert_same_weights(full: Path, resumed: Path) -> None:
+    import torch
+
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys() and a
+    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), f"final adapter weights differ by up to {diff:.2e}"
+
+
+def _write_earnable_grpo(folder: Path, n: int = 16) -> None:
+    """Prompts whose gold is the letter "e": SubEM is a substring test, and about half of the tiny random model's
+    8-token completions contain an "e" (measured: 58% of 64), so rewards are non-zero and vary within a group."""
+    rows = [{"id": f"q{i}", "instruction": f"Question: which letter comes after d ({i})?\nShort answer:", "input": "",
+             "output": "e", "answers": ["e"]} for i in range(n)]
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "data/t_grpo.json").write_text(json.dumps(rows))
+    entry = {"file_name": "data/t_grpo.json", "columns": {"prompt": "instruction", "query": "input",
+                                                          "response": "output"}, "qalign": {"kind": "eval"}}
+    (folder / "dataset_info.json").write_text(json.dumps({"t_grpo": entry}))
 
 
 def _train(args: list[str], cwd: Path) -> None:
@@ -71,22 +101,29 @@ def test_sft_resumes_after_sigkill(tiny_qwen3: Path, tmp_path: Path) -> None:
                                      "per_device_train_batch_size=2", "learning_rate=1e-2"], tmp_path)
     assert resumed["step"] == full["step"] == STEPS
     assert abs(resumed["loss"] - full["loss"]) <= 1e-3, (full, resumed)
+    _assert_same_weights(tmp_path / "out/full", tmp_path / "out/killed")
     print(f"SFT resume: step {resumed['step']}, |loss diff| {abs(resumed['loss'] - full['loss']):.2e}")
 
 
 @pytest.mark.slow  # three real GRPO runs
 def test_grpo_resumes_after_sigkill(tiny_qwen3: Path, tmp_path: Path) -> None:
-    _write_dataset(tmp_path)
+    _write_earnable_grpo(tmp_path)
     full, resumed = _resume_matches([str(REPO / "recipes/smollm2-135m/grpo.yaml"), f"model_name_or_path={tiny_qwen3}",
                                      "template=qwen3_nothink", "dataset=t_grpo", "cutoff_len=128",
                                      "num_generations=4", "per_device_train_batch_size=4",
                                      "gradient_accumulation_steps=1", "max_completion_length=8",
-                                     "learning_rate=1e-2"], tmp_path)
+                                     "reward_funcs=[subem]", "learning_rate=1e-2"], tmp_path)
+    # the runs learn from something: rewards earned, different within groups (else the advantage is 0), a gradient
+    # (one prompt x 4 completions a step: a step where all 4 score alike has advantage and gradient 0)
+    assert any(r > 0.0 for r in full["rewards"]) and len(set(full["rewards"])) > 1, full["rewards"]
+    assert sum(std > 0.0 for std in full["reward_std"]) >= STEPS // 2, full["reward_std"]
+    assert sum(g > 0.0 for g in full["grad_norm"]) >= STEPS // 2, full["grad_norm"]
     assert resumed["step"] == full["step"] == STEPS
-    assert abs(resumed["loss"] - full["loss"]) <= 1e-3, (full, resumed)
-    assert resumed["reward"] == pytest.approx(full["reward"], abs=1e-3)
-    print(f"GRPO resume: step {resumed['step']}, |loss diff| {abs(resumed['loss'] - full['loss']):.2e}, "
-          f"|reward diff| {abs(resumed['reward'] - full['reward']):.2e}")
+    assert resumed["rewards"] == full["rewards"], (full, resumed)  # every step, before and after the kill
+    assert abs(resumed["loss"] - full["loss"]) <= 1e-6, (full, resumed)
+    _assert_same_weights(tmp_path / "out/full", tmp_path / "out/killed")
+    print(f"GRPO resume: step {resumed['step']}, rewards {full['rewards']}, |loss diff| "
+          f"{abs(resumed['loss'] - full['loss']):.2e}")
 
 
 def test_resume_picks_the_last_complete_checkpoint(tmp_path: Path) -> None:

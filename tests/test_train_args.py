@@ -21,6 +21,13 @@ RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml")
                  if not (p.stem in ("study", "pipeline") or p.stem.startswith("study-") or "sweep" in p.stem))
 
 
+@pytest.fixture(autouse=True)
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Qwen/Qwen3-8B-AWQ "downloaded before": offline (the tests run so), a Hub model not in the cache is an error."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "hub/models--Qwen--Qwen3-8B-AWQ").mkdir(parents=True)
+
+
 @pytest.fixture
 def recipe(tmp_path: Path) -> Path:
     path = tmp_path / "sft.yaml"

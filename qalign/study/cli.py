@@ -20,7 +20,7 @@ from_sft (of dpo, orpo, kto: mine from and continue each seed's SFT run; grpo: c
 test_split (dev or test: what the report says the runs were scored on), val_limit (score on that many train-file
 questions after the first train_limit instead of the test file: what `qalign sweep` uses).
 Training keys, later wins: recipe < study keys (model, template, dataset, output_dir, seed) < train_args <
-overrides.METHOD. Give KEY=VALUE assignments before the --options.
+overrides.METHOD. KEY=VALUE assignments and --options go in any order.
 
 examples:
   qalign study recipes/smollm2-135m/study.yaml

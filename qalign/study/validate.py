@@ -13,6 +13,7 @@ from qalign.study.config import StudyConfig
 
 
 def _path_problems(cfg: StudyConfig) -> list[str]:
+    from qalign.hub import check_local_or_hub
     from qalign.records import looks_like_hf_id
     from qalign.train_args import looks_local
 
@@ -21,8 +22,18 @@ def _path_problems(cfg: StudyConfig) -> list[str]:
         value = getattr(cfg, key)
         if not Path(value).is_file() and not looks_like_hf_id(value):
             problems.append(f"{key}: {value} is not a file (nor a Hub id owner/name)")
+        elif not Path(value).is_file():  # owner/name-shaped: offline, only a cached Hub dataset can be read
+            try:
+                check_local_or_hub(key, value, "dataset", "fix the path to the raw QA file")
+            except QalignError as exc:
+                problems.append(str(exc))
     if looks_local(cfg.model) and not Path(cfg.model).exists():
         problems.append(f"model: {cfg.model} does not exist (build it with `qalign model` or fix the path)")
+    else:
+        try:
+            check_local_or_hub("model", cfg.model, "model", "build it with `qalign model` or fix the path")
+        except QalignError as exc:
+            problems.append(str(exc))
     if not cfg.recipes.is_dir():
         problems.append(f"recipes: {cfg.recipes} is not a folder of recipes (e.g. recipes/smollm2-135m)")
     if cfg.runs_cot and cfg.teacher_kind == "file" and not Path(str(cfg.cot_teacher)).is_file():
