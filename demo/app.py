@@ -58,6 +58,9 @@ def show_answer(answer: Answer, golds: list[str], index: int) -> None:
         st.markdown(logic.escape_markdown(text) if text else "_(empty answer)_")
         if answer.error:
             st.error(answer.error)
+        scored = logic.scored_answer_line(answer.text) if not answer.error else None
+        if scored:
+            st.caption(logic.escape_markdown(scored))
         score = logic.scores(answer.text, golds)
         if score and not answer.error:
             st.markdown(f"**SubEM** {score['subem']:.0f} · **EM** {score['em']:.0f} · **F1** {score['f1']:.2f}")

@@ -18,7 +18,7 @@ from typing import Any
 
 from qalign.converters.prompts import available_prompts, load_prompt, render_prompt
 from qalign.errors import QalignError
-from qalign.evaluators.metrics import score_all
+from qalign.evaluators.metrics import extract_answer, score_all
 from qalign.io import read_yaml_mapping
 from qalign.records import QARecord
 
@@ -257,8 +257,16 @@ def eval_set_prompt(path: Path) -> str | None:
 
 
 def scores(answer: str, golds: Sequence[str]) -> dict[str, float] | None:
-    """SubEM / EM / F1 of one answer, or None when no gold answer is known."""
+    """SubEM / EM / F1 of one answer (its extracted answer, as `qalign eval` scores it), or None without golds."""
     return score_all(answer, list(golds)) if golds else None
+
+
+def scored_answer_line(text: str) -> str | None:
+    """What the scores read when it is not the whole output: `scored answer: X`, or that there is none."""
+    answer = extract_answer(text)
+    if answer is None:
+        return "no answer to score (an unclosed <think>, nothing after the answer marker, or empty)"
+    return None if answer == text.strip() else f"scored answer: {answer}"
 
 
 def escape_markdown(text: str) -> str:

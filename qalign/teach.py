@@ -22,13 +22,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from qalign.converters.cot import COT_PROMPT, DEFAULT_MIN_F1, TEACHER_HEADER, split_output
-from qalign.converters.prompts import load_prompt, prompt_name
+from qalign.converters.prompts import declared_marker, load_prompt, prompt_name
 from qalign.converters.sampling import Question, SamplingConfig, prompted_questions, read_cache
 from qalign.endpoint import DEFAULT_KEY_ENV, EndpointConfig
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import f1_score
 from qalign.io import atomic_write_json
 from qalign.records import load_records
+from qalign.text import extract_answer
 
 FORMAT = 1
 THINK_PREFIX = "<think>\n"
@@ -41,7 +42,9 @@ def teacher_settings(args: argparse.Namespace) -> dict[str, Any]:
     else:
         teacher = {"model": args.model, "adapter": args.adapter, "template": args.template, "seed": args.seed,
                    "prefix": args.prefix, "answer_tokens": args.answer_tokens}
-    return {TEACHER_HEADER: FORMAT, "teacher": teacher, "prompt": prompt_name(args.prompt), "top_k": args.top_k,
+    # the marker is part of what the prompt asks (the prompt's name alone does not say whether its text declares it)
+    return {TEACHER_HEADER: FORMAT, "teacher": teacher, "prompt": prompt_name(args.prompt),
+            "answer_marker": declared_marker(load_prompt(args.prompt)), "top_k": args.top_k,
             "num_samples": args.num_samples, "temperature": args.temperature, "top_p": args.top_p,
             "max_new_tokens": args.max_new_tokens}
 
@@ -74,37 +77,42 @@ def _local_answers(args: argparse.Namespace, questions: list[Question]) -> Itera
 
 def _local_chunks(args: argparse.Namespace, sampler: Any, questions: list[Question],
                   ) -> Iterator[tuple[Question, list[str]]]:
+    marker = declared_marker(load_prompt(args.prompt))
     for start in range(0, len(questions), sampler.config.batch_size):
         chunk = questions[start:start + sampler.config.batch_size]
         texts = sampler.sample(chunk, prefix=args.prefix)
         if args.answer_tokens > 0 and args.prefix.lstrip().startswith("<think>"):
-            texts = _force_answers(sampler, chunk, texts, args.answer_tokens)
+            texts = _force_answers(sampler, chunk, texts, args.answer_tokens, marker)
         yield from zip(chunk, [[first_line_answer(text) for text in rows] for rows in texts], strict=True)
 
 
 def first_line_answer(text: str) -> str:
-    """`<think>R</think>` + the first non-empty line after it: the prompt asks for a short answer only, and a small
-    model often keeps writing (another question, the passages) after it."""
+    """`<think>R</think>` + the lines after it up to the first that holds an answer (a marker alone on its line
+    keeps the next one): the prompt asks for a short answer only, and a small model often keeps writing (another
+    question, the passages) after it."""
     if "</think>" not in text:
         return text
     head, tail = text.rsplit("</think>", 1)
     lines = [line.strip() for line in tail.strip().splitlines() if line.strip()]
-    return f"{head}</think>\n\n{lines[0]}" if lines else text
+    end = next((i for i in range(len(lines)) if extract_answer("\n".join(lines[:i + 1])) is not None), None)
+    return f"{head}</think>\n\n" + "\n".join(lines[:end + 1]) if end is not None else text
 
 
-def _force_answers(sampler: Any, questions: list[Question], texts: list[list[str]], tokens: int) -> list[list[str]]:
+def _force_answers(sampler: Any, questions: list[Question], texts: list[list[str]], tokens: int,
+                   marker: str | None = None) -> list[list[str]]:
     """Budget forcing: a sample whose reasoning did not close within --max-new-tokens (or left no answer after
-    `</think>`) gets `</think>` appended and up to `tokens` more tokens of answer, through the same engine. Every
-    sample of a question with such a sample goes on from the question's one shared prefill (its own reasoning as
-    the suffix); the answers of samples that needed none are dropped."""
+    `</think>`) gets `</think>` (and the prompt's answer `marker`) appended and up to `tokens` more tokens of
+    answer, through the same engine. Every sample of a question with such a sample goes on from the question's one
+    shared prefill (its own reasoning as the suffix); the answers of samples that needed none are dropped. A sample
+    whose unclosed reasoning already states the marker and an answer needs none."""
     def is_open(text: str) -> bool:
-        return "</think>" not in text or not text.rsplit("</think>", 1)[1].strip()
+        return extract_answer(text) is None
 
     needy = [i for i, rows in enumerate(texts) if any(map(is_open, rows))]
     if not needy:
         return texts
-    heads = [[texts[i][j].rsplit("</think>", 1)[0].rstrip() + "\n</think>\n\n" for j in range(len(texts[i]))]
-             for i in needy]
+    close = "\n</think>\n\n" + (marker or "")
+    heads = [[texts[i][j].rsplit("</think>", 1)[0].rstrip() + close for j in range(len(texts[i]))] for i in needy]
     suffixes = [[sampler.tokenizer.encode(head, add_special_tokens=False) for head in rows] for rows in heads]
     prompts = [sampler.setup.encode(questions[i].prompt) for i in needy]
     answers = sampler.continue_ids(prompts, [f"{questions[i].id}\0answer" for i in needy], len(texts[needy[0]]),

@@ -44,6 +44,7 @@ def test_split_and_format() -> None:
     assert split_output("<think>\nstep one\n</think>\n\nParis") == ("step one", "Paris")
     assert split_output("just Paris") == ("", "just Paris")
     assert format_cot(" because ", " Paris ") == "<think>\nbecause\n</think>\n\nParis"
+    assert format_cot("r", "Paris", "The answer is:") == "<think>\nr\n</think>\n\nThe answer is: Paris"
 
 
 def test_convert_cot_keeps_rows_above_the_f1_threshold(tmp_path: Path) -> None:
@@ -53,9 +54,11 @@ def test_convert_cot_keeps_rows_above_the_f1_threshold(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "data/t_cot.json").read_text())
     # Tiber: "the tiber river" vs "tiber": p = 1/2 ("the" dropped), r = 1 -> F1 0.667 < 0.9 -> dropped
     assert [row["id"] for row in rows] == ["q-paris", stable_id("Who wrote Pride and Prejudice?")]
-    assert rows[0]["output"] == "<think>\nPassage 1 says Paris is the capital.\n</think>\n\nParis"
-    assert rows[1]["output"] == "<think>\nThe passage names the author.\n</think>\n\nJane Austen"
+    # the CoT prompt declares the answer marker, so the target writes it (and the scorer reads past it)
+    assert rows[0]["output"] == "<think>\nPassage 1 says Paris is the capital.\n</think>\n\nThe answer is: Paris"
+    assert rows[1]["output"] == "<think>\nThe passage names the author.\n</think>\n\nThe answer is: Jane Austen"
     assert "First think inside <think>" in rows[0]["instruction"]  # the CoT prompt (the CLI's default)
+    assert 'After </think>, write "The answer is:" and then only the short answer' in rows[0]["instruction"]
     assert "Passage 1 (France): Paris is the capital of France." in rows[0]["instruction"]
     assert rows[1]["teacher_f1"] == 1.0
     assert dict(counts) == {"kept": 2, "duplicate": 1, "low_f1": 2, "unmatched": 1, "no_reasoning": 1, "drawn": 7,
@@ -67,6 +70,25 @@ def test_convert_cot_keeps_rows_above_the_f1_threshold(tmp_path: Path) -> None:
     # a lower threshold lets the partial Tiber answer in
     _, looser = convert_cot(ConvertJob(str(raw), "t_cot", dataset_dir=tmp_path, prompt=COT_PROMPT), teacher, min_f1=0.6)
     assert looser["kept"] == 3 and looser["low_f1"] == 1
+
+
+def test_teacher_answers_go_through_the_answer_extractor(tmp_path: Path) -> None:
+    # old code: the marker stayed in the answer (F1 2/3 -> low f1) and an unclosed block had no reasoning
+    assert split_output("<think>\nPassage 1 says so.\n</think>\nThe answer is: Paris") == ("Passage 1 says so.",
+                                                                                            "Paris")
+    assert split_output("<think>\nPassage 1 says so. The answer is: Paris") == ("Passage 1 says so.", "Paris")
+    assert split_output("<think>\nstill thinking") == ("", "")
+    raw, teacher = tmp_path / "raw.jsonl", tmp_path / "teacher.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in RAW[:2]))
+    teacher.write_text(json.dumps({"id": "q-paris", "samples": [
+        {"output": "<think>\nPassage 1 says it. The answer is: Paris"}]}) + "\n" + json.dumps(
+        {"question": RAW[1]["question"], "output": "<think>The passage names her.</think>The answer is: Jane Austen"})
+        + "\n")
+    _, counts = convert_cot(ConvertJob(str(raw), "m", dataset_dir=tmp_path, prompt="answer_only"), teacher)
+    rows = json.loads((tmp_path / "data/m.json").read_text())
+    assert counts["kept"] == 2 and [r["teacher_f1"] for r in rows] == [1.0, 1.0]
+    # a prompt that declares no marker: the target is the bare answer
+    assert rows[0]["output"] == "<think>\nPassage 1 says it.\n</think>\n\nParis"
 
 
 def test_convert_cot_command(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -87,6 +87,15 @@ def test_small_helpers() -> None:
     assert seen == ["a"]
 
 
+def test_demo_scores_the_extracted_answer_and_says_which() -> None:
+    # a CoT answer: scored after the marker (old code: EM 0 with the marker kept, or "" for an unclosed block)
+    assert logic.scores("<think>\nPassage 1. The answer is: Jane Austen", ["Jane Austen"]) == \
+        {"subem": 1.0, "em": 1.0, "f1": 1.0}
+    assert logic.scored_answer_line("<think>r</think>The answer is: Jane Austen") == "scored answer: Jane Austen"
+    assert logic.scored_answer_line("<think>\nstill thinking").startswith("no answer to score")
+    assert logic.scored_answer_line("  Jane Austen ") is None  # the output is the answer: nothing to add
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_qwen3: Path) -> Engine:
     return Engine(str(tiny_qwen3), TEMPLATE)

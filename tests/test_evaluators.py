@@ -14,6 +14,7 @@ from qalign.cli import main
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import (
     exact_match,
+    extract_answer,
     f1_score,
     normalize_answer,
     score_all,
@@ -81,9 +82,38 @@ def test_think_tags_stripped():
     assert score_all("<think>maybe London</think>Paris", ["Paris"]) == {"subem": 1.0, "em": 1.0, "f1": 1.0}
     # the answer only inside the reasoning does not count
     assert score_all("<think>I guess Paris</think> London", ["Paris"]) == {"subem": 0.0, "em": 0.0, "f1": 0.0}
-    # unclosed <think>: the model never answered
-    assert strip_think("Answer: <think>Paris is") == "Answer:"
+    # unclosed <think> without the answer marker: the model never answered (was "Answer:", the text before it)
+    assert strip_think("Answer: <think>Paris is") == ""
     assert score_all("<think>Paris is the capital", ["Paris"]) == {"subem": 0.0, "em": 0.0, "f1": 0.0}
+
+
+@pytest.mark.parametrize(("output", "answer"), [
+    ("<think>\nThe answer is: 1913", "1913"),  # unclosed block, marker inside: the GPU study's 163 "empty" answers
+    ("<think>r</think>\n\nThe answer is: 2013", "2013"),  # the marker is never part of the answer
+    ("The answer is: 2013", "2013"),
+    ("the answer is : no, THE ANSWER  IS: Rome\nQuestion: next one", "Rome"),  # the last marker, its line only
+    ("The answer is:\n  Lyon\n", "Lyon"),  # a marker alone on its line: the next line
+    ("<think>The answer is: Rome</think>Paris", "Paris"),  # a marker inside a closed block is reasoning
+    ("reasoning the chat template opened</think>Paris", "Paris"),  # a stray </think>: what follows it
+    ("Paris", "Paris"),
+    ("  Paris is the capital.  ", "Paris is the capital."),
+    ("<think>\nstill thinking, cut at the cap", None),  # unclosed, no marker: no answer, never ""
+    ("Paris <think>hmm", None),
+    ("<think>r</think>The answer is:", None),  # nothing after the marker
+    ("<think>r</think>\n", None),
+    ("", None),
+])
+def test_extract_answer(output, answer):
+    assert extract_answer(output) == answer
+    assert strip_think(output) == (answer or "")
+
+
+def test_marker_answers_score_full_marks():
+    # today: the first scored "" (EM 0), the second kept the marker (EM 0, F1 0.5)
+    assert score_all("<think>\nThe answer is: 1913", ["1913"]) == {"subem": 1.0, "em": 1.0, "f1": 1.0}
+    assert score_all("<think>r</think>The answer is: 2013", ["2013"]) == {"subem": 1.0, "em": 1.0, "f1": 1.0}
+    assert extract_answer("Answer: Rome", marker="Answer:") == "Rome" and extract_answer("Answer: Rome", None) == \
+        "Answer: Rome"
 
 
 def test_f1_repeated_tokens():
@@ -316,7 +346,9 @@ def _evaluated_run(tmp_path: Path, name: str, answers: list[str]) -> Path:
 def test_summary_and_scores_files(tmp_path):
     run = _evaluated_run(tmp_path, "sft", PREDICTIONS)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary == {"n": 3, "subem": pytest.approx(2 / 3), "em": pytest.approx(1 / 3), "f1": pytest.approx(0.5)}
+    # words: "shakespeare wrote it" 3, "lyon" 1, "1945" 1
+    assert summary == {"n": 3, "subem": pytest.approx(2 / 3), "em": pytest.approx(1 / 3), "f1": pytest.approx(0.5),
+                       "no_answer": 0, "answer_words": pytest.approx(5 / 3)}
     rows = load_scores(run)
     assert [r["id"] for r in rows] == ["q1", "q2", "q3"]
     assert rows[0] == {
@@ -327,9 +359,31 @@ def test_summary_and_scores_files(tmp_path):
         "subem": 1.0,
         "em": 0.0,
         "f1": 0.5,
+        "no_answer": False,
+        "words": 3,
     }
     assert summarize(rows) == summary
     assert not list(run.glob(".*.tmp"))
+
+
+def test_summary_counts_predictions_with_no_answer(tmp_path):
+    # q1 unclosed think with the marker -> "Shakespeare" (EM 1); q2 unclosed, no marker -> no answer;
+    # q3 nothing after the marker -> no answer
+    run = _evaluated_run(tmp_path, "cot", ["<think>\nPassage 2 says so. The answer is: Shakespeare",
+                                           "<think>\nParis or Lyon, let me check the",
+                                           "<think>r</think>The answer is:"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary == {"n": 3, "subem": pytest.approx(1 / 3), "em": pytest.approx(1 / 3), "f1": pytest.approx(1 / 3),
+                       "no_answer": 2, "answer_words": pytest.approx(1 / 3)}
+    rows = load_scores(run)
+    assert [(r["prediction"], r["no_answer"], r["words"]) for r in rows] == [("Shakespeare", False, 1), ("", True, 0),
+                                                                             ("", True, 0)]
+    table = build_report([f"cot={run}"]).splitlines()
+    assert table[0] == "| method | n | SubEM | EM | F1 | no answer | words | ΔSubEM | ΔF1 |"
+    assert table[2] == "| cot | 3 | 33.3 | 33.3 | 33.3 | 2 | 0.3 | — | — |"
+    # a summary written before the counts existed still reports, with "—" in their cells
+    (run / "summary.json").write_text(json.dumps({"n": 3, "subem": 0.5, "em": 0.5, "f1": 0.5}))
+    assert build_report([f"old={run}"]).splitlines()[2] == "| old | 3 | 50.0 | 50.0 | 50.0 | — | — | — | — |"
 
 
 # ---------------------------------------------------------------- report
@@ -340,12 +394,12 @@ def test_report_values_and_deltas(tmp_path):
     sft = _evaluated_run(tmp_path, "sft", PREDICTIONS)
     table = build_report([f"base={base}", f"sft={sft}"])
     lines = table.splitlines()
-    assert lines[0] == "| method | n | SubEM | EM | F1 | ΔSubEM | ΔF1 |"
-    assert lines[2] == "| base | 3 | 0.0 | 0.0 | 0.0 | — | — |"
-    # 2/3 = 66.7 %, 1/3 = 33.3 %, 0.5 = 50.0 %; deltas vs 0
-    assert lines[3] == "| sft | 3 | 66.7 | 33.3 | 50.0 | +66.7 | +50.0 |"
+    assert lines[0] == "| method | n | SubEM | EM | F1 | no answer | words | ΔSubEM | ΔF1 |"
+    assert lines[2] == "| base | 3 | 0.0 | 0.0 | 0.0 | 0 | 1.3 | — | — |"  # words (2 + 1 + 1) / 3
+    # 2/3 = 66.7 %, 1/3 = 33.3 %, 0.5 = 50.0 %; deltas vs 0; words (3 + 1 + 1) / 3
+    assert lines[3] == "| sft | 3 | 66.7 | 33.3 | 50.0 | 0 | 1.7 | +66.7 | +50.0 |"
     reverse = build_report([f"sft={sft}", f"base={base}"]).splitlines()
-    assert reverse[3] == "| base | 3 | 0.0 | 0.0 | 0.0 | -66.7 | -50.0 |"
+    assert reverse[3] == "| base | 3 | 0.0 | 0.0 | 0.0 | 0 | 1.3 | -66.7 | -50.0 |"
 
 
 def test_report_missing_summary(tmp_path):
@@ -367,8 +421,8 @@ def test_cli_eval_and_report(tmp_path, capsys):
 
     report = tmp_path / "report.md"
     assert main(["report", "--run", f"sft={tmp_path / 'o'}", "--output", str(report)]) == 0
-    assert "| sft | 3 | 66.7 | 33.3 | 50.0 | — | — |" in capsys.readouterr().out
-    assert "| sft | 3 | 66.7 | 33.3 | 50.0 | — | — |" in report.read_text()
+    assert "| sft | 3 | 66.7 | 33.3 | 50.0 | 0 | 1.7 | — | — |" in capsys.readouterr().out
+    assert "| sft | 3 | 66.7 | 33.3 | 50.0 | 0 | 1.7 | — | — |" in report.read_text()
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):

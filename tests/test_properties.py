@@ -18,6 +18,7 @@ from qalign.errors import QalignError  # noqa: E402
 from qalign.evaluators.metrics import exact_match, f1_score, normalize_answer, substring_exact_match  # noqa: E402
 from qalign.io import iter_json_records  # noqa: E402
 from qalign.records import load_records  # noqa: E402
+from qalign.text import ANSWER_MARKER, extract_answer  # noqa: E402
 
 FAST = settings(max_examples=120, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -125,6 +126,31 @@ def test_a_gold_alias_scores_full_marks(golds: list[str], data: st.DataObject) -
 def test_normalisation_is_idempotent(text: str) -> None:
     once = normalize_answer(text)
     assert normalize_answer(once) == once
+
+
+PIECES = st.lists(st.sampled_from(["<think>", "</think>", ANSWER_MARKER, "the answer is:", "\n"]) | TEXT, max_size=6)
+
+
+@FAST
+@given(PIECES)
+def test_extracted_answer_is_final(pieces: list[str]) -> None:
+    """Any output: the answer is None or non-empty stripped text without think tags or the marker, and extracting
+    it again gives it back (so re-scoring a scores.jsonl `prediction` agrees)."""
+    answer = extract_answer("".join(pieces))
+    if answer is not None:
+        assert answer == answer.strip() and answer
+        assert "<think>" not in answer and "</think>" not in answer and "the answer is:" not in answer.lower()
+        assert extract_answer(answer) == answer
+
+
+@FAST
+@given(TEXT, TEXT)
+def test_the_marker_never_counts_toward_the_answer(reasoning: str, gold: str) -> None:
+    if normalize_answer(gold) and "\n" not in gold and "<think>" not in gold and "</think>" not in gold \
+            and "answer is" not in gold.lower():
+        for output in (f"<think>{reasoning}</think>{ANSWER_MARKER} {gold}", f"{ANSWER_MARKER} {gold}"):
+            if "<think>" not in reasoning and "</think>" not in reasoning:
+                assert exact_match(output, [gold]) == 1.0
 
 
 WORDS = st.text(st.characters(categories=("L", "N")), min_size=1, max_size=12)

@@ -85,7 +85,8 @@ def test_study_runs_reports_and_resumes(tiny_qwen3: Path, tmp_path: Path) -> Non
     for label in ["base", "base_model_cot", *(methods if second else [f"sft (seed {s})" for s in seeds]),
                   *(["cot"] if second else [])]:
         training = "—" if label in ("base", "base_model_cot") else VERDICT
-        row = rf"^\| {re.escape(label)} \| 6 \| {INTERVAL} \| {INTERVAL} \| {INTERVAL} \| {training} \| ok \|$"
+        row = (rf"^\| {re.escape(label)} \| 6 \| {INTERVAL} \| {INTERVAL} \| {INTERVAL} \| \d+ \| \d+\.\d \| "
+               rf"{training} \| ok \|$")  # then no answer, words
         assert re.search(row, report, re.M), f"no row with intervals for {label}:\n{report}"
     teacher = json.loads((tmp_path / "data" / "tiny_teacher.summary.json").read_text())
     assert teacher["questions"] == 12 and teacher["asked"] == 12 and teacher["samples"] == 24

@@ -17,7 +17,8 @@ from qalign.study.plan import build_plan
 from qalign.study.report import teacher_section
 from qalign.study.runner import StepResult
 from qalign.study.validate import check_study
-from qalign.teach import first_line_answer
+from qalign.teach import _force_answers, first_line_answer, teacher_settings
+from qalign.text import ANSWER_MARKER
 
 RAW = [{"id": f"q{i}", "question": f"what is the capital of {c}", "answers": [a],
         "ctxs": [{"title": c.title(), "text": f"{a} is the capital of {c}."}]}
@@ -89,6 +90,42 @@ def test_convert_cot_counts_teach_samples(tmp_path: Path) -> None:
 def test_first_line_answer() -> None:
     assert first_line_answer("<think>\nr\n</think>\n\nParis\nQuestion: next") == "<think>\nr\n</think>\n\nParis"
     assert first_line_answer("no think\nat all") == "no think\nat all"
+    # the marker alone on its line keeps the answer line after it (old code kept only the marker: no answer)
+    assert first_line_answer("<think>r</think>\n\nThe answer is:\nParis\nQuestion: next") == \
+        "<think>r</think>\n\nThe answer is:\nParis"
+
+
+class _FakeSampler:
+    """What `_force_answers` uses of a Sampler: encode, and continue_ids returning a fixed answer per sample."""
+
+    def __init__(self) -> None:
+        self.tokenizer = self.setup = self
+        self.suffixes: list = []
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> str:
+        return text
+
+    def continue_ids(self, prompts, keys, n, tokens, suffixes):
+        self.suffixes = suffixes
+        return [[" Lima"] * n for _ in prompts]
+
+
+def test_budget_forcing_closes_the_reasoning_with_the_prompts_answer_marker() -> None:
+    from qalign.converters.sampling import Question
+
+    sampler = _FakeSampler()
+    texts = [["<think>\ncut at the cap", "<think>\nr</think>\n\nLima", "<think>\nr The answer is: Lima"]]
+    out = _force_answers(sampler, [Question("q", "q?", ["Lima"], "p")], texts, 8, ANSWER_MARKER)
+    # forced: closed, then the marker, then the continuation; the others needed none (one already states the
+    # answer after the marker inside its unclosed block: old code forced it too)
+    assert out == [["<think>\ncut at the cap\n</think>\n\nThe answer is: Lima", texts[0][1], texts[0][2]]]
+    assert sampler.suffixes[0][0] == "<think>\ncut at the cap\n</think>\n\nThe answer is:"
+    args = type("A", (), {"url": None, "model": "m", "adapter": None, "template": "t", "seed": 1, "prefix": "",
+                          "answer_tokens": 0, "prompt": COT_PROMPT, "top_k": 1, "num_samples": 1,
+                          "temperature": 0.7, "top_p": 1.0, "max_new_tokens": 4})()
+    assert teacher_settings(args)["answer_marker"] == ANSWER_MARKER  # a file from the marker-less prompt is refused
+    args.prompt = "answer_only"
+    assert teacher_settings(args)["answer_marker"] is None
 
 
 BASE = {"name": "u", "model": "m", "template": "smollm2", "recipes": "recipes/smollm2-135m", "train": "tr.jsonl",

@@ -6,7 +6,9 @@ question, output}` with `output` = `<think>REASONING</think>ANSWER`, or one row 
 line `{"qalign_teacher": ...}` that is skipped here). Rows are joined to the raw QA input by id,
 else by normalised question. A row is kept when F1(answer, gold aliases) >= `min_f1`; per question the
 highest-F1 row is kept (ties: the first). Output rows are alpaca rows whose `output` is
-`<think>\\nREASONING\\n</think>\\n\\nANSWER`, so the evaluator (which strips `<think>` blocks) scores the answer.
+`<think>\\nREASONING\\n</think>\\n\\nANSWER` (`... The answer is: ANSWER` when the prompt declares the answer marker),
+so the evaluator's answer extractor (`qalign.text.extract_answer`) scores the answer. Teacher answers go through the
+same extractor: the marker is dropped, and an unclosed `<think>` counts only when the marker follows in it.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from qalign.converters.job import ConvertJob
-from qalign.converters.prompts import render_prompt
+from qalign.converters.prompts import declared_marker, render_prompt
 from qalign.converters.registry import ConversionResult
 from qalign.errors import QalignError
-from qalign.evaluators.metrics import f1_score, strip_think
+from qalign.evaluators.metrics import extract_answer, f1_score
 from qalign.io import iter_json_records
 from qalign.records import question_key
+from qalign.text import ANSWER_MARKER, marker_pattern
 
 DEFAULT_MIN_F1 = 0.9
 COT_PROMPT = "think_then_answer"
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_MARKER = marker_pattern(ANSWER_MARKER)
 _DROP_REASONS = ("unmatched", "no_answer", "no_reasoning", "low_f1", "duplicate")
 TEACHER_HEADER = "qalign_teacher"  # the key of the settings line `qalign teach` writes first
 
@@ -45,15 +49,23 @@ class TeacherRow:
 
 
 def split_output(output: str) -> tuple[str, str]:
-    """`<think>R</think>A` -> (R, A); an output without a closed think block is all answer."""
+    """`<think>R</think>A` -> (R, extracted A); `<think>R The answer is: A` (unclosed, marker) -> (R, A); an output
+    without think block is all answer; no extractable answer -> ""."""
+    answer = extract_answer(output) or ""
     match = _THINK.search(output)
-    reasoning = match.group(1).strip() if match else ""
-    return reasoning, strip_think(output)
+    if match:
+        return match.group(1).strip(), answer
+    if "<think>" in output and answer:  # unclosed, the answer after the marker: the reasoning is what precedes it
+        opened = output.rsplit("<think>", 1)[1]
+        hits = list(_MARKER.finditer(opened))
+        return (opened[:hits[-1].start()].strip() if hits else ""), answer
+    return "", answer
 
 
-def format_cot(reasoning: str, answer: str) -> str:
-    """The training target: reasoning inside `<think>`, then the answer."""
-    return f"<think>\n{reasoning.strip()}\n</think>\n\n{answer.strip()}"
+def format_cot(reasoning: str, answer: str, marker: str | None = None) -> str:
+    """The training target: reasoning inside `<think>`, then the answer (after `marker` when the prompt asks)."""
+    head = f"{marker} " if marker else ""
+    return f"<think>\n{reasoning.strip()}\n</think>\n\n{head}{answer.strip()}"
 
 
 def _split_row(obj: dict[str, Any], where: str) -> tuple[str, str]:
@@ -84,7 +96,7 @@ def read_teacher(path: str | Path) -> list[TeacherRow]:
             reasoning, answer = _split_row(sample, where)
             rows.append(TeacherRow(None if rid in (None, "") else str(rid),
                                    question if isinstance(question, str) else None,
-                                   reasoning.strip(), strip_think(answer), where))
+                                   reasoning.strip(), extract_answer(answer) or "", where))
     return rows
 
 
@@ -93,6 +105,7 @@ def convert_cot(job: ConvertJob, teacher: str | Path, *,
     """Join teacher rows to `job.source`, keep those with F1 >= min_f1, write `data/<name>.json` (kind cot).
     The job's prompt is usually `COT_PROMPT` (the CLI's default for this format)."""
     template, records, stats = job.load()
+    marker = declared_marker(template)
     by_id = {record.id: record for record in records}
     by_question = {question_key(record.question): record for record in records}
     counts: Counter = Counter()
@@ -123,7 +136,7 @@ def convert_cot(job: ConvertJob, teacher: str | Path, *,
         counts[reason] += 1
     rows: list[dict[str, Any]] = [
         {"id": record.id, "question": record.question, "instruction": render_prompt(template, record, job.top_k),
-         "input": "", "output": format_cot(best[record.id][1].reasoning, best[record.id][1].answer),
+         "input": "", "output": format_cot(best[record.id][1].reasoning, best[record.id][1].answer, marker),
          "teacher_f1": best[record.id][0]}
         for record in records if record.id in best
     ]

@@ -1,6 +1,7 @@
 """Prompt templates (`qalign/prompts/*.txt`, package data) and rendering a QA record into an instruction.
 
-A template is plain text with two placeholders, `{question}` and `{passages}`. They are filled in one pass
+A template is plain text with the placeholders `{question}`, `{passages}` and, optionally, `{answer_marker}` (the
+line the answer follows, `qalign.text.ANSWER_MARKER`, which the scorer reads). They are filled in one pass
 (no `str.format`), so braces inside questions or passages are kept literally. Templates put the question
 before the passages and restate it after them: LLaMA-Factory cuts the tail of over-long prompts, and the
 restated question keeps the task next to where the answer starts.
@@ -18,11 +19,13 @@ from pathlib import Path
 
 from qalign.errors import QalignError
 from qalign.records import QARecord
+from qalign.text import ANSWER_MARKER
 
 # Installed with the package (pyproject package-data), read through importlib.resources: a wheel install has them.
 PROMPTS_DIR = Path(str(files("qalign") / "prompts")).resolve()
 CLOSED_BOOK = "closed_book"
-_PLACEHOLDER = re.compile(r"\{(question|passages)\}")
+_PLACEHOLDER = re.compile(r"\{(question|passages|answer_marker)\}")
+MARKER_PLACEHOLDER = "{answer_marker}"
 
 
 def available_prompts() -> list[str]:
@@ -61,6 +64,11 @@ def load_prompt(name_or_path: str | Path) -> str:
     return template
 
 
+def declared_marker(template: str) -> str | None:
+    """The answer marker a template asks the model to write before its answer, or None."""
+    return ANSWER_MARKER if MARKER_PLACEHOLDER in template else None
+
+
 def prompt_name(name_or_path: str | Path) -> str:
     """What to record as the prompt in dataset_info.json: the bare name, or the file path as given."""
     path = resolve_prompt(name_or_path)
@@ -87,5 +95,5 @@ def render_prompt(template: str, record: QARecord, top_k: int) -> str:
     passages = format_passages(record.ctxs, top_k)
     if not passages and "{passages}" in template:
         template = _closed_book_template()
-    values = {"question": record.question, "passages": passages}
+    values = {"question": record.question, "passages": passages, "answer_marker": ANSWER_MARKER}
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)

@@ -64,21 +64,32 @@ def _delta(value: float, base: float) -> str:
     return f"{100 * (value - base):+.1f}"
 
 
+def length_cells(summary: dict[str, Any]) -> list[str]:
+    """The `no answer` and `words` cells of a summary ("—" for a summary written before they were counted)."""
+    missing, words = summary.get("no_answer"), summary.get("answer_words")
+    return [str(missing) if isinstance(missing, int) else "—",
+            f"{words:.1f}" if isinstance(words, (int, float)) else "—"]
+
+
 def format_report(runs: list[tuple[str, dict[str, Any]]]) -> str:
-    """Markdown table: method, n, SubEM, EM, F1 (percent), ΔSubEM and ΔF1 in points vs the first run."""
+    """Markdown table: method, n, SubEM, EM, F1 (percent), predictions with no answer, mean answer words, ΔSubEM
+    and ΔF1 in points vs the first run."""
     if not runs:
         raise QalignError("no runs to compare. Pass at least one --run NAME=DIR.")
     base = runs[0][1]
     lines = [
-        "| method | n | SubEM | EM | F1 | ΔSubEM | ΔF1 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | n | SubEM | EM | F1 | no answer | words | ΔSubEM | ΔF1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for index, (name, s) in enumerate(runs):
         deltas = ["—", "—"] if index == 0 else [_delta(s["subem"], base["subem"]), _delta(s["f1"], base["f1"])]
-        cells = [name.replace("|", "\\|"), str(s["n"]), _pct(s["subem"]), _pct(s["em"]), _pct(s["f1"]), *deltas]
+        cells = [name.replace("|", "\\|"), str(s["n"]), _pct(s["subem"]), _pct(s["em"]), _pct(s["f1"]),
+                 *length_cells(s), *deltas]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Scores in %; Δ = percentage points vs `{runs[0][0]}`.")
+    lines.append(f"Scores in %; no answer = predictions with no extractable answer (an unclosed <think>, nothing "
+                 f"after the answer marker, empty); words = mean normalised words per answer (no answer: 0), so a "
+                 f"gain bought with length shows; Δ = percentage points vs `{runs[0][0]}`.")
     sizes = sorted({s["n"] for _, s in runs})
     if len(sizes) > 1:
         lines.append(f"Warning: runs were scored on different numbers of questions ({sizes}); deltas are not paired.")

@@ -7,9 +7,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from qalign.evaluators.metrics import score_all, strip_think
+from qalign.evaluators.metrics import extract_answer, score_all
 from qalign.evaluators.predictions import GoldRecord, Prediction, load_aligned
 from qalign.io import atomic_write_json, atomic_write_jsonl
+from qalign.text import answer_words
 
 METRICS = ("subem", "em", "f1")
 METRIC_LABELS = {"subem": "SubEM", "em": "EM", "f1": "F1"}
@@ -18,28 +19,44 @@ SCORES_FILE = "scores.jsonl"
 
 
 def score_pairs(pairs: Iterable[tuple[GoldRecord, Prediction]]) -> list[dict[str, Any]]:
-    """One row per question: id, question, prediction (think-stripped), answers, subem, em, f1."""
+    """One row per question: id, question, prediction (the extracted answer, "" for none), answers, subem, em, f1,
+    no_answer (no answer could be extracted), words (the answer's normalised words)."""
     rows = []
     for gold, pred in pairs:
-        scores = score_all(pred.text, gold.answers)
+        answer = extract_answer(pred.text)
         rows.append(
             {
                 "id": gold.id,
                 "question": gold.question,
-                "prediction": strip_think(pred.text),
+                "prediction": answer or "",
                 "answers": list(gold.answers),
-                **scores,
+                **score_all(pred.text, gold.answers),
+                "no_answer": answer is None,
+                "words": answer_words(answer),
             }
         )
     return rows
 
 
+def answer_stats(rows: list[dict[str, Any]]) -> tuple[int, float]:
+    """(predictions with no extractable answer, mean answer length in normalised words over all predictions; no
+    answer counts 0 words). Rows written before these fields existed are measured from their `prediction`."""
+    missing = words = 0
+    for row in rows:
+        answer = extract_answer(str(row.get("prediction") or ""))
+        missing += bool(row["no_answer"]) if "no_answer" in row else answer is None
+        words += int(row["words"]) if isinstance(row.get("words"), int) else answer_words(answer)
+    return missing, words / len(rows) if rows else 0.0
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean of each metric over the rows, as fractions 0..1: `{"n", "subem", "em", "f1"}`."""
+    """Mean of each metric over the rows, as fractions 0..1, the count of predictions with no answer and the mean
+    answer length: `{"n", "subem", "em", "f1", "no_answer", "answer_words"}`."""
     n = len(rows)
     summary: dict[str, Any] = {"n": n}
     for metric in METRICS:
         summary[metric] = sum(float(row[metric]) for row in rows) / n if n else 0.0
+    summary["no_answer"], summary["answer_words"] = answer_stats(rows)
     return summary
 
 
@@ -60,6 +77,9 @@ def format_summary(summary: dict[str, Any], title: str = "") -> str:
     for metric in METRICS:
         lines.append(f"{METRIC_LABELS[metric]:<8}{100 * summary[metric]:>8.1f}")
     lines.append(f"{'n':<8}{summary['n']:>8d}")
+    if "no_answer" in summary:
+        lines.append(f"{'no answer':<10}{summary['no_answer']:>6d}")
+        lines.append(f"{'words':<8}{summary['answer_words']:>8.1f}")
     return "\n".join(lines)
 
 

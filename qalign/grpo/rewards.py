@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qalign.evaluators.metrics import exact_match, f1_score, strip_think, substring_exact_match
+from qalign.evaluators.metrics import exact_match, extract_answer, f1_score, substring_exact_match
 
 MAX_ANSWER_WORDS = 10
 _THINK_THEN_ANSWER = re.compile(r"<think>(.*?)</think>(.*)", re.DOTALL)
@@ -78,7 +78,8 @@ def format_reward(
     min_f1: float = FORMAT_MIN_F1,
     **kwargs: Any,
 ) -> list[float]:
-    """1.0 for a short final answer (1..max_words words after stripping think) that is also correct (F1 >= min_f1).
+    """1.0 for a short final answer (1..max_words words of `extract_answer`: think and answer marker dropped) that
+    is also correct (F1 >= min_f1).
 
     When the prompt asks for `<think>` (the think_then_answer prompt), the completion must also be exactly one
     `<think>...</think>` block followed by that short answer. A prompt that already ends with `<think>` (a chat
@@ -93,7 +94,7 @@ def format_reward(
         text = message_text(completion).strip()
         prompt = message_text(prompts[i]) if prompts is not None else ""
         if "<think>" not in prompt:
-            rewards.append(float(correct[i] and _short(strip_think(text), max_words)))
+            rewards.append(float(correct[i] and _short(extract_answer(text) or "", max_words)))
             continue
         if prompt.rstrip().endswith("<think>") and not text.startswith("<think>"):
             text = "<think>" + text

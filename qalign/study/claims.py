@@ -8,12 +8,14 @@ every seed, as `qalign.evaluators.bootstrap.paired_bootstrap` does for one seed)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qalign.evaluators.bootstrap import Interval, bootstrap_ci, paired_values
 from qalign.evaluators.scoring import METRIC_LABELS
-from qalign.health import FLAT, LEARNED, RULES, Health, run_health
+from qalign.health import FLAT, LEARNED, RULES, UNMEASURED, Health, run_health
 from qalign.study.plan import BASE_COT
 
 if TYPE_CHECKING:
@@ -22,14 +24,32 @@ if TYPE_CHECKING:
 Row = Any  # qalign.study.report.Row (which imports this module): label, method, seed, ok, scores, health
 
 MIN_SEEDS = 3
+LENGTH_FACTOR = 2.0  # answers this many times longer than SFT's while EM falls: length, not alignment
+CLIPPED = "completions/clipped_ratio"  # GRPO: the share of completions cut at max_completion_length
 CLAIM_METRICS = ("subem", "f1")
 STAGE = {"sft": "sft", "cot": "sft", "dpo": "dpo", "orpo": "orpo", "kto": "kto", "grpo": "grpo"}
 
 
-def row_health(cfg: StudyConfig, method: str, train_dir: Any) -> Health | None:
-    """Health of one trained run (its stage from the method; DPO's pref_loss from the study's overrides)."""
+def row_health(cfg: StudyConfig, method: str, train_dir: Any) -> Health:
+    """Health of one trained run (its stage from the method; DPO's pref_loss from the study's overrides); a run
+    that logged no training step is `not measured`, with the reason, so it stays in the Training health table."""
     pref_loss = {**cfg.train_args, **cfg.overrides.get(method, {})}.get("pref_loss", "sigmoid")
-    return run_health(train_dir, STAGE.get(method), str(pref_loss))
+    health = run_health(train_dir, STAGE.get(method), str(pref_loss))
+    return health if health is not None else Health(STAGE.get(method, "sft"), 0, {}, UNMEASURED,
+                                                    unlogged_reason(Path(train_dir)))
+
+
+def unlogged_reason(train_dir: Path) -> str:
+    """Why a run has no logged training step: max_steps below logging_steps, or no trainer logs at all."""
+    try:
+        state = json.loads((train_dir / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"no trainer logs in {train_dir}"
+    ran, every = state.get("global_step"), state.get("logging_steps")
+    if isinstance(ran, int) and isinstance(every, (int, float)) and ran < every:
+        return (f"no training step logged: the run took {ran} step(s) and logs every {every:g} "
+                "(max_steps below logging_steps); lower logging_steps or train longer")
+    return "no training step logged (trainer_state.json has no loss or reward rows)"
 
 
 UNTRAINED = ("base", BASE_COT)  # rows of the base model (with the answer or the CoT prompt): nothing trained
@@ -57,14 +77,26 @@ def health_section(rows: list[Row]) -> list[str]:
     lines = [f"Rule: {RULES}", ""]
     if not trained:
         return [*lines, "No trainer logs found (no method was trained)."]
-    lines += ["| run | stage | logged steps | signals (first tenth → last tenth) | verdict | why |",
-              "|---|---|---:|---|---|---|"]
+    lines += ["| run | stage | logged steps | signals (first tenth → last tenth) | clipped | verdict | why |",
+              "|---|---|---:|---|---:|---|---|"]
     for row in trained:
         health = row.health
         verdict = health.verdict if health.learned else f"**{health.verdict}**"
-        cells = [row.run or "", health.stage, str(health.steps), health.signal_text(), verdict, health.reason]
+        cells = [row.run or "", health.stage, str(health.steps), health.signal_text(), clipped_cell(health),
+                 verdict, health.reason]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return lines
+    return [*lines, "", "clipped = GRPO's share of completions cut at the length cap (first tenth → last tenth): "
+            "a high share means the reward was earned by truncated, long answers."]
+
+
+def clipped_cell(health: Health) -> str:
+    """GRPO's `completions/clipped_ratio` in percent, first tenth → last tenth ("—" for other stages)."""
+    if health.stage != "grpo":
+        return "—"
+    if CLIPPED not in health.signals:
+        return "not logged"
+    first, last = health.signals[CLIPPED]
+    return f"{100 * first:.0f}% → {100 * last:.0f}%"
 
 
 @dataclass
@@ -150,6 +182,26 @@ def all_claims(rows: list[Row], cfg: StudyConfig) -> list[Claim]:
                 if claim is not None:
                     claims.append(claim)
     return claims
+
+
+def length_flags(rows: list[Row], cfg: StudyConfig) -> list[str]:
+    """A line per method whose mean answer length (over its seeds) exceeds LENGTH_FACTOR × SFT's on the same seeds
+    while its EM falls vs SFT: whatever it gains on SubEM or F1 is length, not alignment."""
+    flags = []
+    for method in cfg.row_methods:
+        pairs = _pairs(rows, method, "sft") if method != "sft" else []
+        if not pairs:
+            continue
+        words, sft_words = (sum(r.words for r in side) / len(pairs) for side in zip(*pairs, strict=True))
+        em = [float(d.mean()) for _, d in (paired_values(a.scores["em"], b.scores["em"]) for a, b in pairs)]
+        delta = sum(em) / len(em)
+        if words > LENGTH_FACTOR * sft_words and delta < 0:
+            times = f"{words / sft_words:.1f}×" if sft_words else "more than"
+            flags.append(f"**Length, not alignment: {cfg.label(method)}** answers average {words:.1f} words, "
+                         f"{times} SFT's {sft_words:.1f}, while its EM falls {100 * delta:+.1f} points vs SFT "
+                         f"(seeds {', '.join(str(a.seed) for a, _ in pairs)}): a SubEM or F1 gain here is bought "
+                         "with longer answers, not better alignment.")
+    return flags
 
 
 def claims_section(claims: list[Claim], cfg: StudyConfig) -> list[str]:

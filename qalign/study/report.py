@@ -14,10 +14,10 @@ from typing import Any
 from qalign.errors import QalignError
 from qalign.evaluators.bootstrap import Interval, bootstrap_ci, paired_bootstrap, scores_by_id
 from qalign.evaluators.report import load_scores
-from qalign.evaluators.scoring import METRIC_LABELS, METRICS, SUMMARY_FILE
+from qalign.evaluators.scoring import METRIC_LABELS, METRICS, SUMMARY_FILE, answer_stats
 from qalign.health import Health
 from qalign.io import atomic_write_json, atomic_write_text
-from qalign.study.claims import all_claims, claims_section, health_section, row_health, training_cell
+from qalign.study.claims import all_claims, claims_section, health_section, length_flags, row_health, training_cell
 from qalign.study.config import StudyConfig
 from qalign.study.plan import BASE_COT, Step, run_dir, run_id
 from qalign.study.plots import CURVES_FILE, METHODS_FILE, plot_methods, plot_training_curves, read_history, series
@@ -43,6 +43,8 @@ class Row:
     run: str | None = None
     ci: dict[str, Interval] = field(default_factory=dict)
     health: Health | None = None  # training health of a trained run (None for base, seed means, missing logs)
+    no_answer: float = 0.0  # predictions with no extractable answer (seed-mean rows: mean over the seeds)
+    words: float = 0.0  # mean answer length in normalised words (no answer: 0)
 
     @property
     def ok(self) -> bool:
@@ -66,8 +68,9 @@ def _load_row(label: str, method: str, seed: int | None, run: str, cfg: StudyCon
         return Row(label, method, seed, _why_not(run, steps, results), run=run)
     rows = load_scores(eval_dir)
     health = row_health(cfg, method, run_dir(cfg, run) / "train") if seed is not None else None
+    missing, words = answer_stats(rows)
     return Row(label, method, seed, "ok", {m: scores_by_id(rows, m) for m in METRICS},
-               {str(r["id"]): r for r in rows}, run, health=health)
+               {str(r["id"]): r for r in rows}, run, health=health, no_answer=missing, words=words)
 
 
 def _seed_mean(method: str, label: str, rows: list[Row]) -> Row:
@@ -75,7 +78,8 @@ def _seed_mean(method: str, label: str, rows: list[Row]) -> Row:
     order = [qid for qid in rows[0].scores["subem"] if qid in common]
     scores = {m: {qid: sum(r.scores[m][qid] for r in rows) / len(rows) for qid in order} for m in METRICS}
     seeds = ", ".join(str(r.seed) for r in rows)
-    return Row(f"{label} (mean of seeds {seeds})", method, None, "ok", scores, rows[0].details)
+    return Row(f"{label} (mean of seeds {seeds})", method, None, "ok", scores, rows[0].details,
+               no_answer=sum(r.no_answer for r in rows) / len(rows), words=sum(r.words for r in rows) / len(rows))
 
 
 def collect_rows(cfg: StudyConfig, steps: list[Step], results: dict[str, StepResult]) -> list[Row]:
@@ -126,14 +130,19 @@ def _delta(row: Row, ref: Row | None, metric: str, cfg: StudyConfig) -> str:
 def results_table(rows: list[Row], cfg: StudyConfig) -> list[str]:
     """The main table and the paired-differences table (markdown lines)."""
     pct = f"{100 * cfg.level:g}%"
-    lines = ["| method | n | SubEM | EM | F1 | training | status |", "|---|---:|---:|---:|---:|---|---|"]
+    lines = ["| method | n | SubEM | EM | F1 | no answer | words | training | status |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for row in rows:
-        cells = ([str(row.ci["subem"].n), *(row.ci[m].format() for m in METRICS)] if row.ok else ["—"] * 4)
+        cells = ([str(row.ci["subem"].n), *(row.ci[m].format() for m in METRICS), f"{row.no_answer:g}",
+                  f"{row.words:.1f}"] if row.ok else ["—"] * 6)
         lines.append("| " + " | ".join(_cell(c) for c in [row.label, *cells, training_cell(row, rows), row.status])
                      + " |")
     lines += ["", f"Scores in % of test questions with {pct} percentile-bootstrap intervals over questions "
-                  f"({cfg.bootstrap_samples} resamples, seed {cfg.bootstrap_seed}). training = the run's verdict in "
-                  "Training health: a row marked **did not learn** is not a method's effect.", "",
+                  f"({cfg.bootstrap_samples} resamples, seed {cfg.bootstrap_seed}). no answer = predictions with no "
+                  "extractable answer (an unclosed <think> without the answer marker, nothing after the marker, "
+                  "empty), scored 0; words = mean answer length in normalised words (no answer: 0): a gain bought "
+                  "with longer answers shows here. training = the run's verdict in Training health: a row marked "
+                  "**did not learn** is not a method's effect.", "",
               f"### Differences (paired bootstrap, {pct})", "",
               "| method | " + " | ".join(f"Δ{METRIC_LABELS[m]} vs base" for m in METRICS) + " | "
               + " | ".join(f"Δ{METRIC_LABELS[m]} vs SFT" for m in METRICS) + " |",
@@ -246,13 +255,14 @@ def _endpoint_label(teacher: Any) -> str:
     return f"`{teacher['url']}`{model}"
 
 
-def _results_json(rows: list[Row], cfg: StudyConfig, claims: list) -> dict[str, Any]:
+def _results_json(rows: list[Row], cfg: StudyConfig, claims: list, flags: list[str]) -> dict[str, Any]:
     return {"test": cfg.test, "test_split": cfg.split,
             "rows": [{"label": r.label, "method": r.method, "seed": r.seed, "status": r.status, "run": r.run,
-                      "training": r.health.verdict if r.health else None, **{m: vars(r.ci[m]) for m in r.ci}}
+                      "training": r.health.verdict if r.health else None, **{m: vars(r.ci[m]) for m in r.ci},
+                      **({"no_answer": r.no_answer, "answer_words": r.words} if r.ok else {})}
                      for r in rows],
             "training_health": [{"run": r.run, **r.health.as_dict()} for r in rows if r.health is not None],
-            "claims": [claim.as_dict() for claim in claims]}
+            "claims": [claim.as_dict() for claim in claims], "length_flags": flags}
 
 
 def split_line(cfg: StudyConfig) -> str:
@@ -269,6 +279,7 @@ def write_report(cfg: StudyConfig, steps: list[Step], results: dict[str, StepRes
             for r in rows if r.ok}
     drew = plot_methods(bars, cfg.output / METHODS_FILE)
     claims = all_claims(rows, cfg)
+    flags = length_flags(rows, cfg)
     lines = [f"# Study `{cfg.name}`", "", f"Model `{cfg.model}` (template `{cfg.template}`, recipes `{cfg.recipes}`); "
              f"train `{cfg.train}`, test `{cfg.test}`; prompt `{cfg.prompt}`, top-{cfg.top_k} passages. "
              f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", "", split_line(cfg), "",
@@ -276,9 +287,10 @@ def write_report(cfg: StudyConfig, steps: list[Step], results: dict[str, StepRes
              "", *results_table(rows, cfg), "", f"![methods]({METHODS_FILE})" if drew else "No method was evaluated.",
              "", "## CoT teacher", "", *teacher_section(cfg, steps, results), "",
              "## Training health", "", *health_section(rows), "", "## Claims (seeds pooled)", "",
-             *claims_section(claims, cfg), "", "## Training curves", "", *curves_section(cfg, rows), "",
+             *claims_section(claims, cfg), *(["", *flags] if flags else []), "", "## Training curves", "",
+             *curves_section(cfg, rows), "",
              "## Wins and losses (SubEM)", "", *wins_losses(rows), "", reproducibility(cfg, steps, results, argv)]
-    atomic_write_json(cfg.output / RESULTS_FILE, _results_json(rows, cfg, claims))
+    atomic_write_json(cfg.output / RESULTS_FILE, _results_json(rows, cfg, claims, flags))
     path = cfg.output / REPORT_FILE
     atomic_write_text(path, "\n".join(lines))
     return path
