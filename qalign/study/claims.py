@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from qalign.errors import QalignError
 from qalign.evaluators.bootstrap import Interval, bootstrap_ci, paired_values
 from qalign.evaluators.scoring import METRIC_LABELS
-from qalign.health import FLAT, LEARNED, RULES, Health, run_health
+from qalign.health import FLAT, LEARNED, RULES, Health, LossTerms, run_health
+from qalign.io import read_yaml_mapping
 from qalign.study.plan import BASE_COT
 
 if TYPE_CHECKING:
@@ -26,10 +28,15 @@ CLAIM_METRICS = ("subem", "f1")
 STAGE = {"sft": "sft", "cot": "sft", "dpo": "dpo", "orpo": "orpo", "kto": "kto", "grpo": "grpo"}
 
 
-def row_health(cfg: StudyConfig, method: str, train_dir: Any) -> Health | None:
-    """Health of one trained run (its stage from the method; DPO's pref_loss from the study's overrides)."""
-    pref_loss = {**cfg.train_args, **cfg.overrides.get(method, {})}.get("pref_loss", "sigmoid")
-    return run_health(train_dir, STAGE.get(method), str(pref_loss))
+def row_health(cfg: StudyConfig, method: str, train_dir: Any, grid: dict[str, Any] | None = None) -> Health | None:
+    """Health of one trained run: its stage from the method, its loss terms (pref_loss, pref_ftx, KTO weights) as
+    the run was trained: recipe < train_args < the method's overrides < `grid` (a sweep point's keys)."""
+    try:
+        recipe = read_yaml_mapping(cfg.recipe(method), "recipe", "recipes/smollm2-135m/dpo.yaml")
+    except QalignError:
+        recipe = {}  # no recipe, no trained run: run_health finds no logs
+    config = {**recipe, **cfg.train_args, **cfg.overrides.get(method, {}), **(grid or {})}
+    return run_health(train_dir, STAGE.get(method), LossTerms.of(config))
 
 
 UNTRAINED = ("base", BASE_COT)  # rows of the base model (with the answer or the CoT prompt): nothing trained
