@@ -14,6 +14,16 @@ naming it. Patch points:
 5. `webui.runner`: the trainer subprocess `llamafactory-cli train X.yaml` becomes `python -m qalign.cli train
    X.yaml`; the GRPO fields enter the args when the stage is GRPO; the command preview says `qalign train`.
 6. `webui.interface.create_train_tab`: wrapped to add a "GRPO (qalign)" accordion whose fields feed the runner.
+7. `hparams.finetuning_args.FinetuningArguments.__post_init__`: wrapped; `stage: dpo` with a `pref_loss` that
+   neither TRL 0.24's `dpo_loss` nor LLaMA-Factory implements (`kto_pair`) is refused (LLaMA-Factory would
+   silently train the sigmoid loss).
+8. `train.dpo.trainer.CustomDPOTrainer`: `compute_preference_loss` wrapped so `ipo` / `hinge` reach TRL's
+   `dpo_loss(..., loss_type=...)` (LLaMA-Factory calls it without `loss_type`, i.e. sigmoid; sigmoid, orpo, simpo
+   and the bco term keep LLaMA-Factory's own code); `get_batch_loss_metrics` wrapped to log `preference_loss`, the
+   loss without the `pref_ftx` SFT term (and an `odds_ratio_loss` without it: LLaMA-Factory's includes it).
+9. `train.kto.trainer.CustomKTOTrainer`: `kto_loss`, `get_batch_loss_metrics` and `log` wrapped to log
+   `preference_loss`, the KTO term without `pref_ftx` as the weighted mean sum(w*l)/sum(w) (0.5 at the reference
+   for any class weights), averaged over the logging window (LLaMA-Factory's KTO `log` sums unknown keys).
 """
 
 from __future__ import annotations
@@ -35,6 +45,10 @@ ALLOW_UNTESTED = "QALIGN_ALLOW_UNTESTED_LLAMAFACTORY"
 GRPO_STAGE = "grpo"
 GRPO_LABEL = "GRPO"
 WORKER = "-m qalign.worker"
+# pref_loss values of LLaMA-Factory's Literal that run what they name: TRL 0.24's dpo_loss, LLaMA-Factory's own
+TRL_DPO_LOSSES = ("sigmoid", "hinge", "ipo")
+LF_PREF_LOSSES = ("orpo", "simpo")
+PREFERENCE_LOSS = "preference_loss"  # logged key: the preference term of the loss, without pref_ftx's SFT term
 _PENDING: dict[str, list[Callable[[ModuleType], None]]] = {}
 _registered = False
 
@@ -133,6 +147,9 @@ def register_all() -> None:
     _when_imported("llamafactory.launcher", _patch_launcher)
     _when_imported("llamafactory.webui.runner", _patch_runner)
     _when_imported("llamafactory.webui.interface", _patch_train_tab)
+    _when_imported("llamafactory.hparams.finetuning_args", _patch_pref_loss_check)
+    _when_imported("llamafactory.train.dpo.trainer", _patch_dpo_trainer)
+    _when_imported("llamafactory.train.kto.trainer", _patch_kto_trainer)
 
 
 def _patch_stage_literal(module: ModuleType) -> None:
@@ -277,3 +294,115 @@ def _patch_train_tab(module: ModuleType) -> None:
 
     create_train_tab._qalign = True
     module.create_train_tab = create_train_tab
+
+
+def pref_loss_error(pref_loss: str) -> str:
+    """Why `stage: dpo` cannot train `pref_loss` here, and what to use instead."""
+    supported = " | ".join((*TRL_DPO_LOSSES, *LF_PREF_LOSSES))
+    fix = ("use `stage: kto` with a KTO dataset (`qalign convert kto`; kto_chosen_weight / kto_rejected_weight)"
+           if pref_loss == "kto_pair" else f"use pref_loss: {supported}")
+    return (f"pref_loss: {pref_loss} is refused: TRL 0.24's DPOTrainer does not implement it"
+            + (" (kto_pair was removed from it)" if pref_loss == "kto_pair" else "")
+            + f", and LLaMA-Factory {TESTED_LLAMAFACTORY} would silently train the sigmoid DPO loss instead "
+            "(CustomDPOTrainer.compute_preference_loss calls dpo_loss without loss_type). Fix: " + fix + ".")
+
+
+def _patch_pref_loss_check(module: ModuleType) -> None:
+    cls = _require(module, "FinetuningArguments")
+    original = _require(cls, "__post_init__")
+    if getattr(original, "_qalign", False):
+        return
+
+    @functools.wraps(original)
+    def __post_init__(self: Any) -> None:
+        if getattr(self, "stage", None) == "dpo" and self.pref_loss not in (*TRL_DPO_LOSSES, *LF_PREF_LOSSES):
+            raise QalignError(pref_loss_error(str(self.pref_loss)))
+        original(self)
+
+    __post_init__._qalign = True
+    cls.__post_init__ = __post_init__
+
+
+def _patch_dpo_trainer(module: ModuleType) -> None:
+    import inspect
+
+    cls = _require(module, "CustomDPOTrainer")
+    compute = _require(cls, "compute_preference_loss")
+    metrics = _require(cls, "get_batch_loss_metrics")
+    if "loss_type" not in inspect.signature(_require(cls, "dpo_loss")).parameters:
+        raise PatchError(f"qalign/register.py: TRL's `DPOTrainer.dpo_loss` takes no `loss_type` under llamafactory "
+                         f"{_installed_version()}. {_fix_hint()}")
+    if getattr(compute, "_qalign", False):
+        return
+
+    @functools.wraps(compute)
+    def compute_preference_loss(self: Any, *args: Any, **kwargs: Any) -> Any:
+        loss_type = self.loss_type  # = finetuning_args.pref_loss (CustomDPOTrainer.__init__)
+        if loss_type not in (*TRL_DPO_LOSSES, *LF_PREF_LOSSES):
+            raise QalignError(pref_loss_error(str(loss_type)))
+        if self.finetuning_args.use_ref_model and loss_type != "sigmoid":
+            # the instance attribute shadows the method for this one call; the rest (bco term) stays LLaMA-Factory's
+            self.dpo_loss = functools.partial(type(self).dpo_loss, self, loss_type=loss_type)
+            try:
+                out = compute(self, *args, **kwargs)
+            finally:
+                del self.dpo_loss
+        else:
+            out = compute(self, *args, **kwargs)
+        # a new tensor now: get_batch_loss_metrics then adds pref_ftx * SFT to `losses` in place
+        self._qalign_preference_loss = out[0].detach().mean()
+        return out
+
+    @functools.wraps(metrics)
+    def get_batch_loss_metrics(self: Any, model: Any, batch: Any, train_eval: str = "train") -> Any:
+        loss, logged = metrics(self, model, batch, train_eval=train_eval)
+        preference = self.__dict__.pop("_qalign_preference_loss", None)
+        if preference is not None:
+            prefix = "eval_" if train_eval == "eval" else ""
+            logged[f"{prefix}{PREFERENCE_LOSS}"] = preference.item()
+            if f"{prefix}odds_ratio_loss" in logged:  # ORPO: LLaMA-Factory's includes pref_ftx * SFT / beta
+                logged[f"{prefix}odds_ratio_loss"] = (preference.item() - logged[f"{prefix}sft_loss"]) / self.beta
+        return loss, logged
+
+    compute_preference_loss._qalign = True
+    cls.compute_preference_loss = compute_preference_loss
+    cls.get_batch_loss_metrics = get_batch_loss_metrics
+
+
+def _patch_kto_trainer(module: ModuleType) -> None:
+    cls = _require(module, "CustomKTOTrainer")
+    kto = _require(cls, "kto_loss")
+    metrics = _require(cls, "get_batch_loss_metrics")
+    log = _require(cls, "log")
+    if getattr(kto, "_qalign", False):
+        return
+
+    @functools.wraps(kto)
+    def kto_loss(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = kto(self, *args, **kwargs)
+        losses, chosen, rejected = out[:3]  # losses: weighted desirable then undesirable terms
+        weight = self.desirable_weight * len(chosen) + self.undesirable_weight * len(rejected)
+        if weight > 0:
+            self._qalign_preference_loss = losses.detach().nansum() / weight
+        return out
+
+    @functools.wraps(metrics)
+    def get_batch_loss_metrics(self: Any, *args: Any, **kwargs: Any) -> Any:
+        loss, logged = metrics(self, *args, **kwargs)
+        preference = self.__dict__.pop("_qalign_preference_loss", None)
+        if preference is not None:
+            logged[PREFERENCE_LOSS] = preference.item()
+        return loss, logged
+
+    @functools.wraps(log)
+    def kto_log(self: Any, logs: dict[str, float], *args: Any, **kwargs: Any) -> Any:
+        train_eval = "train" if "loss" in logs else "eval"  # as LLaMA-Factory's log decides
+        values = self._stored_metrics[train_eval].pop(PREFERENCE_LOSS, None)
+        if values:  # stored on the main process only (TRL's KTO compute_loss): its mean, no cross-rank sum
+            logs[("eval_" if train_eval == "eval" else "") + PREFERENCE_LOSS] = sum(values) / len(values)
+        return log(self, logs, *args, **kwargs)
+
+    kto_loss._qalign = True
+    cls.kto_loss = kto_loss
+    cls.get_batch_loss_metrics = get_batch_loss_metrics
+    cls.log = kto_log

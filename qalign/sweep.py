@@ -128,11 +128,11 @@ def _summary(cfg: Any, run: str) -> dict[str, Any] | None:
         return None
 
 
-def _health(cfg: Any, method: str, run: str) -> Any:
+def _health(cfg: Any, method: str, run: str, grid: dict[str, Any] | None = None) -> Any:
     from qalign.study.claims import row_health
     from qalign.study.plan import run_dir
 
-    return row_health(cfg, method, run_dir(cfg, run) / "train")
+    return row_health(cfg, method, run_dir(cfg, run) / "train", grid)
 
 
 def best_settings(cfg: Any, points: list[Point], metric: str) -> dict[str, dict[str, Any]]:
@@ -146,7 +146,7 @@ def best_settings(cfg: Any, points: list[Point], metric: str) -> dict[str, dict[
         summaries = [_summary(cfg, run) for run in runs]
         if any(summary is None for summary in summaries):
             continue
-        health = [_health(cfg, method, run) for run in runs]
+        health = [_health(cfg, method, run, values) for run in runs]
         mean = sum(float(summary[metric]) for summary in summaries) / len(summaries)
         learned = all(h is not None and h.learned for h in health)
         if method not in best or (learned, mean) > (best[method]["learned"], best[method]["mean"]):
@@ -168,7 +168,7 @@ def sweep_table(cfg: Any, points: list[Point], metric: str, steps: list[Any], re
     """sweep.md: where it was scored, one row per run (base first, then the SFT runs that from_sft points
     continue), the best setting per method."""
     from qalign.evaluators.scoring import METRIC_LABELS
-    from qalign.health import RULES
+    from qalign.health import PREFERENCE_LOSS, RULES
     from qalign.study.plan import run_id
 
     lines = [f"# Sweep `{cfg.name}`", "", f"Scored on a validation slice: the {cfg.val_limit} questions of "
@@ -176,16 +176,18 @@ def sweep_table(cfg: Any, points: list[Point], metric: str, steps: list[Any], re
              "trained on; no run was scored on dev or test.", "",
              "| method | setting | seed | n | SubEM | EM | F1 | training | signal first → last tenth | status |",
              "|---|---|---:|---:|---:|---:|---:|---|---|---|"]
-    rows = [("base", "—", None, "base")]
+    rows: list[tuple[str, str, int | None, str, dict[str, Any]]] = [("base", "—", None, "base", {})]
     if cfg.from_sft and "sft" not in {m for m, _, _ in points}:  # the runs the from-SFT points continue
-        rows += [("sft", "default (from_sft start)", seed, run_id("sft", seed)) for seed in cfg.seeds]
-    rows += [(m, s, seed, run_id(f"{m}-{s}", seed)) for m, s, _ in points for seed in cfg.seeds]
-    for method, setting, seed, run in rows:
+        rows += [("sft", "default (from_sft start)", seed, run_id("sft", seed), {}) for seed in cfg.seeds]
+    rows += [(m, s, seed, run_id(f"{m}-{s}", seed), grid) for m, s, grid in points for seed in cfg.seeds]
+    for method, setting, seed, run, grid in rows:
         summary = _summary(cfg, run)
         scores = [str(summary["n"]), *(f"{100 * summary[k]:.1f}" for k in ("subem", "em", "f1"))] if summary \
             else ["—"] * 4
-        health = _health(cfg, method, run) if seed is not None else None
+        health = _health(cfg, method, run, grid) if seed is not None else None
         key = "reward" if method == "grpo" else "loss"
+        if health and PREFERENCE_LOSS in health.signals:  # the preference part, when `loss` also holds pref_ftx's
+            key = PREFERENCE_LOSS
         trend = health.signals.get(key) if health else None
         cells = [method, setting, "—" if seed is None else str(seed), *scores,
                  health.verdict if health else "—", f"{key} {trend[0]:.3f} → {trend[1]:.3f}" if trend else "—",

@@ -83,3 +83,31 @@ def test_dpo_continues_the_sft_adapter_against_the_sft_reference(tiny_qwen3: Pat
     contrast = train("dpo", tiny_qwen3, workdir, "dataset=pref", f"adapter_name_or_path={sft}", "max_steps=1",
                      run="dpo-sft-base-ref")
     assert abs(contrast[0] - math.log(2)) > 0.05, contrast
+
+
+def _history(run: Path, key: str) -> list[float]:
+    rows = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    return [row[key] for row in rows if key in row]
+
+
+def test_ipo_and_kto_with_extra_terms_log_their_preference_part(tiny_qwen3: Path, workdir: Path) -> None:
+    # IPO at the reference (fresh LoRA): (0 - 1 / (2 beta))^2 = 25 at beta 0.1; the sigmoid LLaMA-Factory used
+    # to compute instead would be ln 2. pref_ftx adds the SFT term to `loss` only.
+    losses = train("dpo", tiny_qwen3, workdir, "dataset=pref", "pref_loss=ipo", "pref_ftx=1.0", run="ipo-ftx")
+    preference = _history(workdir / "out" / "ipo-ftx", "preference_loss")
+    assert len(preference) == 3 and preference[0] == pytest.approx(25.0, rel=1e-3)
+    assert losses[0] > preference[0] + 0.1  # + the SFT term
+    losses = train("kto", tiny_qwen3, workdir, "dataset=kto", "pref_ftx=1.0", "kto_rejected_weight=2.0",
+                   run="kto-ftx")
+    preference = _history(workdir / "out" / "kto-ftx", "preference_loss")
+    assert len(preference) == 3 and preference[0] == pytest.approx(0.5, abs=1e-3)  # any weights: 0.5 at reference
+    assert losses[0] > 0.5 + 0.05  # weighted undesirable terms and/or the SFT term
+
+
+def test_kto_pair_is_refused_before_training(tiny_qwen3: Path, workdir: Path) -> None:
+    output = workdir / "out" / "kto-pair"
+    args = [sys.executable, "-m", "qalign.cli", "train", str(RECIPES / "dpo.yaml"), f"model_name_or_path={tiny_qwen3}",
+            "template=qwen3_nothink", "dataset=pref", "pref_loss=kto_pair", f"output_dir={output}"]
+    result = subprocess.run(args, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "pref_loss: kto_pair is refused" in result.stderr + result.stdout
+    assert "stage: kto" in result.stderr + result.stdout and not (output / "adapter_model.safetensors").exists()

@@ -57,6 +57,9 @@ def test_the_installed_llamafactory_is_the_tested_one() -> None:
     (register._patch_launcher, "llamafactory.launcher", "launch"),
     (register._patch_runner, "llamafactory.webui.runner", "Runner"),
     (register._patch_train_tab, "llamafactory.webui.interface", "create_train_tab"),
+    (register._patch_pref_loss_check, "llamafactory.hparams.finetuning_args", "FinetuningArguments"),
+    (register._patch_dpo_trainer, "llamafactory.train.dpo.trainer", "CustomDPOTrainer"),
+    (register._patch_kto_trainer, "llamafactory.train.kto.trainer", "CustomKTOTrainer"),
 ])
 def test_each_patch_point_fails_loudly_when_its_target_is_gone(patch, module: str, missing: str) -> None:
     with pytest.raises(PatchError, match=rf"patch point `{re.escape(module)}\.{missing}` is missing"):
@@ -77,6 +80,16 @@ def test_a_stage_field_or_torchrun_handoff_that_moved_fails_loudly() -> None:
     launcher.launch = lambda: None
     with pytest.raises(PatchError, match="no longer hands `__file__` to torchrun"):
         register._patch_launcher(launcher)
+    trainer = ModuleType("llamafactory.train.dpo.trainer")
+
+    class CustomDPOTrainer:  # TRL's dpo_loss without the loss_type the ipo/hinge patch passes
+        def compute_preference_loss(self): ...
+        def get_batch_loss_metrics(self): ...
+        def dpo_loss(self, chosen, rejected, ref_chosen, ref_rejected): ...
+
+    trainer.CustomDPOTrainer = CustomDPOTrainer
+    with pytest.raises(PatchError, match="`DPOTrainer.dpo_loss` takes no `loss_type`"):
+        register._patch_dpo_trainer(trainer)
 
 
 def test_grpo_keys_types_defaults_and_help_come_from_trl() -> None:

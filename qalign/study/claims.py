@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qalign.errors import QalignError
 from qalign.evaluators.bootstrap import Interval, bootstrap_ci, paired_values
 from qalign.evaluators.scoring import METRIC_LABELS
-from qalign.health import FLAT, LEARNED, RULES, UNMEASURED, Health, run_health
+from qalign.health import FLAT, LEARNED, RULES, UNMEASURED, Health, LossTerms, run_health
+from qalign.io import read_yaml_mapping
 from qalign.study.plan import BASE_COT
 
 if TYPE_CHECKING:
@@ -30,11 +32,16 @@ CLAIM_METRICS = ("subem", "f1")
 STAGE = {"sft": "sft", "cot": "sft", "dpo": "dpo", "orpo": "orpo", "kto": "kto", "grpo": "grpo"}
 
 
-def row_health(cfg: StudyConfig, method: str, train_dir: Any) -> Health:
-    """Health of one trained run (its stage from the method; DPO's pref_loss from the study's overrides); a run
-    that logged no training step is `not measured`, with the reason, so it stays in the Training health table."""
-    pref_loss = {**cfg.train_args, **cfg.overrides.get(method, {})}.get("pref_loss", "sigmoid")
-    health = run_health(train_dir, STAGE.get(method), str(pref_loss))
+def row_health(cfg: StudyConfig, method: str, train_dir: Any, grid: dict[str, Any] | None = None) -> Health:
+    """Health of one trained run: its stage from the method, its loss terms (pref_loss, pref_ftx, KTO weights) as
+    the run was trained: recipe < train_args < the method's overrides < `grid` (a sweep point's keys). A run that
+    logged no training step is `not measured`, with the reason, so it stays in the Training health table."""
+    try:
+        recipe = read_yaml_mapping(cfg.recipe(method), "recipe", "recipes/smollm2-135m/dpo.yaml")
+    except QalignError:
+        recipe = {}  # no recipe, no trained run: run_health finds no logs
+    config = {**recipe, **cfg.train_args, **cfg.overrides.get(method, {}), **(grid or {})}
+    health = run_health(train_dir, STAGE.get(method), LossTerms.of(config))
     return health if health is not None else Health(STAGE.get(method, "sft"), 0, {}, UNMEASURED,
                                                     unlogged_reason(Path(train_dir)))
 
