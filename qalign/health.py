@@ -149,6 +149,8 @@ class LossTerms:
         """The terms of a LLaMA-Factory config (LLaMA-Factory's defaults for missing keys)."""
         def number(key: str, default: float) -> float:
             value = config.get(key)
+            if isinstance(value, str) and value.strip().lower() == "auto":
+                return math.nan  # resolved when the run started (kto_*_weight: auto): not unit weights
             return default if value is None else float(value)
 
         return cls(str(config.get("pref_loss") or "sigmoid").lower(), number("pref_ftx", 0.0),
