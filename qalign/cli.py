@@ -7,6 +7,7 @@ import sys
 import time
 
 from qalign.errors import QalignError
+from qalign.procs import record_peak_at_exit
 
 # Sub-commands handed to LLaMA-Factory's launcher unchanged (after qalign registers its stages).
 LLAMAFACTORY_COMMANDS = ("train", "chat", "export", "webui", "webchat", "api", "env", "version")
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    record_peak_at_exit()  # every qalign process passes here: the study runner's GPU budget learns its peak
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LLAMAFACTORY_COMMANDS:
         try:
