@@ -7,6 +7,7 @@ import sys
 import time
 
 from qalign.errors import QalignError
+from qalign.procs import record_peak_at_exit
 
 # Sub-commands handed to LLaMA-Factory's launcher unchanged (after qalign registers its stages).
 LLAMAFACTORY_COMMANDS = ("train", "chat", "export", "webui", "webchat", "api", "env", "version")
@@ -97,6 +98,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
 
 
 def main(argv: list[str] | None = None) -> int:
+    record_peak_at_exit()  # every qalign process passes here: the study runner's GPU budget learns its peak
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LLAMAFACTORY_COMMANDS:
         try:

@@ -90,6 +90,7 @@ def plan_batches(lengths: Sequence[int], new_tokens: int, tokens: int, rows: int
 
 
 RowProcessors = Callable[[list[tuple[int, int]]], list[Any]]  # (prompt index, copy) per row -> LogitsProcessors
+Stopping = Callable[[int], Any]  # a batch's row count -> a fresh stopping criterion (e.g. qalign.answer_stop)
 
 
 class BatchGenerator:
@@ -103,12 +104,13 @@ class BatchGenerator:
 
     def generate(self, prompts: Sequence[Sequence[int]], generation: dict[str, Any], *, copies: int = 1,
                  suffixes: Sequence[Sequence[Sequence[int]]] | None = None, processors: RowProcessors | None = None,
-                 desc: str = "generating", progress: bool | None = None) -> list[list[list[int]]]:
+                 stopping: Stopping | None = None, desc: str = "generating",
+                 progress: bool | None = None) -> list[list[list[int]]]:
         """New token ids for each prompt, `copies` lists each, in prompt order. `generation` holds `generate`'s
         keyword arguments (max_new_tokens, do_sample, eos_token_id, ...); `processors` builds extra logits
         processors for a batch from its rows (per-row sampling noise). With `suffixes` (per prompt, `copies` token
         lists, empty ones allowed), copy j continues prompt i + suffixes[i][j]. Generated ids run to
-        `max_new_tokens` or to the first eos, padded after it."""
+        `max_new_tokens` or to the first eos (or where `stopping`'s criterion ends the row), padded after it."""
         new_tokens = int(generation.get("max_new_tokens") or 0)
         if new_tokens < 1:
             raise QalignError("generation needs max_new_tokens >= 1.")
@@ -127,7 +129,7 @@ class BatchGenerator:
                 batch = pending.pop(0)
                 try:
                     outputs = self._batch([prompts[i] for i in batch], batch, generation, copies, processors,
-                                          None if suffixes is None else [suffixes[i] for i in batch])
+                                          None if suffixes is None else [suffixes[i] for i in batch], stopping)
                 except _OutOfMemory as oom:
                     self._lower_budget(batch, oom, lengths, planned, copies)
                     remaining = batch + [index for later in pending for index in later]
@@ -155,15 +157,18 @@ class BatchGenerator:
               file=sys.stderr)
 
     def _batch(self, prompts: list[Sequence[int]], indices: list[int], generation: dict[str, Any], copies: int,
-               processors: RowProcessors | None, suffixes: list[Sequence[Sequence[int]]] | None) -> list[list[int]]:
+               processors: RowProcessors | None, suffixes: list[Sequence[Sequence[int]]] | None,
+               stopping: Stopping | None = None) -> list[list[int]]:
         import torch
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         device = next(self.model.parameters()).device
         kwargs = dict(generation)
         if processors is not None:
             rows = [(index, copy) for index in indices for copy in range(copies)]
             kwargs["logits_processor"] = LogitsProcessorList(processors(rows))
+        if stopping is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stopping(len(prompts) * copies)])
         # every row ends with its prompt's last token + its suffix; what comes before is prefilled once per prompt
         tails = [[[p[-1], *(suffixes[i][j] if suffixes else ())] for j in range(copies)]
                  for i, p in enumerate(prompts)]

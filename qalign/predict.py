@@ -10,6 +10,8 @@ Engine keys (not LLaMA-Factory's; taken out before it parses the rest):
   engine               qalign (default) | llamafactory: run LLaMA-Factory's own do_predict instead, for comparison
   engine_batch_tokens  rows x (longest prompt + max_new_tokens) per batch; default: sized from free GPU memory
   engine_batch_rows    rows per generate call (default 512)
+  engine_stop_at_answer  true (default): a row that closed `</think>` ends after its answer line (its newline),
+                       before max_new_tokens; false: every row runs to its EOS or max_new_tokens
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qalign.answer_stop import answer_stop
 from qalign.errors import QalignError
 from qalign.generation import BatchGenerator, BatchLimits
 from qalign.io import atomic_write_json, atomic_write_jsonl
 
 ENGINES = ("qalign", "llamafactory")
-ENGINE_FIELDS = {"engine": str, "engine_batch_tokens": int | None, "engine_batch_rows": int}  # key -> type
+ENGINE_FIELDS = {"engine": str, "engine_batch_tokens": int | None, "engine_batch_rows": int,
+                 "engine_stop_at_answer": bool}  # key -> type
 ENGINE_KEYS = tuple(ENGINE_FIELDS)
 
 
@@ -66,9 +70,12 @@ def run_predict(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("do_train") or not (args.get("do_predict") and args.get("predict_with_generate")):
         raise QalignError("qalign predict needs a predict recipe: do_predict: true, predict_with_generate: true and "
                           "no do_train (train with `qalign train`, then predict).")
+    stop = args.get("engine_stop_at_answer", True)
+    if not isinstance(stop, bool):
+        raise QalignError(f"engine_stop_at_answer={stop!r}: give true or false.")
     if engine == "llamafactory":
         return _llamafactory_predict(lf_args)
-    return _engine_predict(lf_args, limits)
+    return _engine_predict(lf_args, limits, stop)
 
 
 def _llamafactory_predict(args: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +89,7 @@ def _llamafactory_predict(args: dict[str, Any]) -> dict[str, Any]:
     return {"engine": "llamafactory", "seconds": round(time.perf_counter() - started, 2)}
 
 
-def _engine_predict(args: dict[str, Any], limits: BatchLimits) -> dict[str, Any]:
+def _engine_predict(args: dict[str, Any], limits: BatchLimits, stop_at_answer: bool = True) -> dict[str, Any]:
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.hparams import get_train_args
     from llamafactory.model import load_model, load_tokenizer
@@ -103,7 +110,8 @@ def _engine_predict(args: dict[str, Any], limits: BatchLimits) -> dict[str, Any]
     ids = _row_ids(data_args, len(prompts))
     generation = generation_kwargs(generating_args, tokenizer)
     generator = BatchGenerator(model, tokenizer.pad_token_id, limits, setting="engine_batch_tokens")
-    outputs = generator.generate(prompts, generation, desc="predict")
+    stopping = answer_stop(tokenizer) if stop_at_answer else None  # a CoT row's cost follows its answer
+    outputs = generator.generate(prompts, generation, stopping=stopping, desc="predict")
     generated = time.perf_counter()
 
     skip = generating_args.skip_special_tokens
@@ -114,18 +122,28 @@ def _engine_predict(args: dict[str, Any], limits: BatchLimits) -> dict[str, Any]
             for p, t, g, i in zip(inputs, texts, golds, ids, strict=True)]
     output_dir = Path(training_args.output_dir)
     atomic_write_jsonl(output_dir / "generated_predictions.jsonl", rows)
-    stop = set(generation["eos_token_id"])
-    new_tokens = sum(next((k + 1 for k, t in enumerate(out[0]) if t in stop), len(out[0])) for out in outputs)
+    new_tokens = sum(_generated(out[0], set(generation["eos_token_id"]), tokenizer.pad_token_id) for out in outputs)
     stats = {"engine": "qalign", "predict_samples": len(rows), "load_seconds": round(loaded - started, 2),
              "generate_seconds": round(generated - loaded, 2),
              "prompts_per_second": round(len(rows) / max(generated - loaded, 1e-9), 2),
              "prompt_tokens": sum(map(len, prompts)), "new_tokens": new_tokens, "batch_tokens": generator.tokens,
-             "batch_rows": limits.rows, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+             "batch_rows": limits.rows, "stop_at_answer": stop_at_answer,
+             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
              "attn_implementation": getattr(model.config, "_attn_implementation", None)}
     atomic_write_json(output_dir / "predict_results.json", stats)
     print(f"qalign predict: {len(rows)} prompts in {stats['generate_seconds']} s "
           f"({stats['prompts_per_second']} prompts/s) -> {output_dir / 'generated_predictions.jsonl'}")
     return stats
+
+
+def _generated(ids: list[int], eos: set[int], pad: int | None) -> int:
+    """New tokens of a row: up to its first eos (counted), or to the padding after a row that stopped early."""
+    for k, token in enumerate(ids):
+        if token in eos:
+            return k + 1
+        if token == pad:
+            return k
+    return len(ids)
 
 
 def generation_kwargs(generating_args: Any, tokenizer: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ overrides.METHOD. KEY=VALUE assignments and --options go in any order.
 examples:
   qalign study recipes/smollm2-135m/study.yaml
   qalign study recipes/smollm2-135m/study.yaml --seeds 1 2 --methods sft grpo --dry-run
-  qalign study recipes/smollm2-135m/study-nq.yaml --overrides reports/nq-top5-sweep/best.yaml --jobs 6
+  qalign study recipes/smollm2-135m/study-nq.yaml --overrides reports/nq-top5-sweep/best.yaml
   qalign study recipes/qwen3-8b-awq/study.yaml model=/models/Qwen3-8B-AWQ overrides.sft.max_steps=100
 """
 
@@ -40,7 +40,7 @@ def _as_given(args: argparse.Namespace) -> list[str]:
                         ("--cot-teacher", args.cot_teacher)):
         if value:
             given += [flag, value]
-    return given + (["--jobs", str(args.jobs)] if args.jobs > 1 else []) + (["--force"] if args.force else [])
+    return given + (["--jobs", str(args.jobs)] if args.jobs != "auto" else []) + (["--force"] if args.force else [])
 
 
 def run_study(args: argparse.Namespace) -> int:

@@ -4,6 +4,14 @@ A step is finished when its done-marker exists and the command recorded when it 
 same; a step whose input step ran in this invocation is run again. A failed step blocks the steps that need it
 and the study goes on with the others. A step starts only once every step it needs has finished, so the plan's
 needs must name every input a step reads (`--jobs N` runs independent steps side by side).
+
+`--jobs auto` (the default; one step at a time without a visible GPU) starts a ready step only when the GPU's free
+memory covers its peak (qalign.study.gpu_budget), at most one step per CPU core; a step waiting for memory says so
+once (`[i/n] NAME: waiting for GPU memory (needs X GiB, Y GiB free)`). A step that runs out of GPU memory (its log
+says `CUDA out of memory` / `OutOfMemoryError`) while other steps ran beside it is not failed but re-queued
+(`[i/n] NAME: out of GPU memory beside other steps; re-queued to run alone ...`; its log kept as `*.oom.log`) and
+run again once nothing else runs, with no other step started beside it; running out again then is a failure.
+Each step's record (OUTPUT/steps/NAME.json) keeps its seconds and its process's peak GPU memory (`peak_gpu_bytes`).
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qalign.io import atomic_write_json
+from qalign.study.gpu_budget import GIB, GpuBudget, detect, read_peak
 from qalign.study.plan import Step, step_dependencies
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError")
+POLL_SECONDS = 5.0  # how often a step waiting for GPU memory reads it again
 
 
 @dataclass
@@ -30,6 +41,16 @@ class StepResult:
     reason: str = ""
     seconds: float = 0.0
     log: Path | None = None
+    requeued: bool = False  # ran out of GPU memory beside other steps and was run again alone
+
+
+@dataclass
+class _Running:
+    index: int
+    step: Step
+    log: Path
+    start: float
+    need: int  # GPU bytes the budget set aside for it
 
 
 def positive_int(text: str) -> int:
@@ -40,12 +61,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def jobs_value(text: str) -> int | str:
+    """argparse type of --jobs: `auto` or an integer of at least 1."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """--force, --dry-run and --jobs: how `qalign study` and `qalign sweep` run their plan."""
     parser.add_argument("--force", action="store_true", help="re-run every step, even finished ones")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (and what is done) without running")
-    parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
-                        help="run up to N steps side by side once the steps they need are done (default 1)")
+    parser.add_argument("--jobs", type=jobs_value, default="auto", metavar="N|auto",
+                        help="run up to N steps side by side once the steps they need are done; auto (default): "
+                             "as many as the GPU's free memory holds (their measured or estimated peaks, at most "
+                             "one per CPU core), one at a time without a GPU")
 
 
 def slug(name: str) -> str:
@@ -78,10 +106,21 @@ def _error_line(log: Path) -> str:
     return line if len(line) <= 240 else line[:237] + "..."
 
 
+def _peak_file(log: Path) -> Path:
+    return log.with_suffix(".peak.json")
+
+
+def _out_of_memory(log: Path) -> bool:
+    try:
+        return bool(_OOM.search(log.read_text(encoding="utf-8", errors="replace")))
+    except OSError:
+        return False
+
+
 def _execute(step: Step, log: Path) -> int:
     from qalign.procs import run_in_subprocess
 
-    return run_in_subprocess(step.argv, log, header=f"$ {command_line(step)}")
+    return run_in_subprocess(step.argv, log, header=f"$ {command_line(step)}", peak_file=_peak_file(log))
 
 
 def _blocked_by(step: Step, results: dict[str, StepResult]) -> StepResult | None:
@@ -93,22 +132,38 @@ def _blocked_by(step: Step, results: dict[str, StepResult]) -> StepResult | None
 
 
 def run_steps(
-    steps: list[Step], output: Path, *, force: bool = False, dry_run: bool = False, jobs: int = 1, echo=print
+    steps: list[Step], output: Path, *, force: bool = False, dry_run: bool = False, jobs: int | str = 1,
+    echo=print, gpu: GpuBudget | None = None, poll: float = POLL_SECONDS,
 ) -> dict[str, StepResult]:
     """Run (or, with dry_run, list) every step; return each step's result by name.
 
     With jobs > 1, up to that many steps whose needs have finished run at once, earliest in the plan first: at
     SmolLM2 scale a step is mostly process start and model load (a 300-question predict on the H200: 23 of its
-    30 s outside generation, bench/RESULTS.md), time a GPU can spend on another step."""
-    if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, not {jobs}")
+    30 s outside generation, bench/RESULTS.md), time a GPU can spend on another step. jobs="auto" admits them by
+    GPU memory (`gpu`, default: the visible GPU; none visible: one at a time), see the module docstring."""
+    budget = None
+    if jobs == "auto":
+        budget = gpu or detect()
+        jobs = budget.slots if budget else 1
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be `auto` or at least 1, not {jobs!r}")
     step_dependencies(steps)
     logs, state_dir = output / "logs", output / "steps"
     results: dict[str, StepResult] = {}
     ran: set[str] = set()
     total = len(steps)
     pending = list(enumerate(steps, start=1))
-    running: dict[Future, tuple[int, Step, Path, float]] = {}
+    running: dict[Future, _Running] = {}
+    ready: list[tuple[int, Step]] = []  # settled, to run: waiting for memory (or, in a full pass, a slot)
+    requeued: list[tuple[int, Step]] = []  # ran out of memory beside others: to run alone on an idle GPU
+    starting: dict[str, str] = {}  # the line a step's start prints
+    overlapped: set[str] = set()  # steps that had company while they ran
+    retried: set[str] = set()
+    waiting_said: set[str] = set()
+    if budget:
+        for step in steps:
+            budget.learn(step.argv, read_peak(state_dir / f"{slug(step.name)}.json"))
+        echo(f"jobs auto: a step starts when the GPU's free memory covers its peak, up to {jobs} at once")
 
     def settle(index: int, step: Step) -> bool:
         """Resolve a step that needs no run (cannot run, blocked, done, planned); False when it has to run."""
@@ -135,43 +190,98 @@ def run_steps(
             echo(f"{label}: would run {command_line(step)}")
             return True
         why = "" if force or not step.done.exists() else " (inputs changed)" if fresh_inputs else " (command changed)"
-        echo(f"{label}: running{why} ...")
+        starting[step.name] = f"{label}: running{why} ..."  # printed when it starts (it may wait for memory)
         return False
 
-    def finish(index: int, step: Step, log: Path, start: float, code: int) -> None:
-        label = f"[{index}/{total}] {step.name}"
-        seconds = time.time() - start
+    def need_of(step: Step) -> int:
+        return budget.need(step.argv, read_peak(state_dir / f"{slug(step.name)}.json")) if budget else 0
+
+    def start(index: int, step: Step, need: int) -> None:
+        echo(starting.pop(step.name))
+        if running:
+            overlapped.update(other.step.name for other in running.values())
+            overlapped.add(step.name)
+        log = logs / f"{index:02d}-{slug(step.name)}.log"
+        running[pool.submit(_execute, step, log)] = _Running(index, step, log, time.time(), need)
+
+    def launch() -> None:
+        """Start what may start: a re-queued step alone on an idle GPU (nothing beside it), else ready steps in
+        plan order while their memory is free."""
+        if any(run.step.name in retried for run in running.values()):
+            return  # a re-queued step runs alone
+        if requeued:  # nothing new starts until the GPU is idle for it
+            if not running:
+                index, step = requeued.pop(0)
+                start(index, step, need_of(step))
+            return
+        for index, step in list(ready):
+            need = need_of(step)
+            committed = sum(run.need for run in running.values())
+            idle = not any(run.need for run in running.values())
+            if budget is None or budget.fits(need, committed, idle):
+                ready.remove((index, step))
+                start(index, step, need)
+            elif step.name not in waiting_said:
+                waiting_said.add(step.name)
+                free = "?" if budget.last_room is None else f"{budget.last_room / GIB:.1f}"
+                echo(f"[{index}/{total}] {step.name}: waiting for GPU memory (needs {need / GIB:.1f} GiB, "
+                     f"{free} GiB free)")
+
+    def finish(run: _Running, code: int) -> None:
+        step, log = run.step, run.log
+        label = f"[{run.index}/{total}] {step.name}"
+        seconds = time.time() - run.start
+        peak = read_peak(_peak_file(log))
+        _peak_file(log).unlink(missing_ok=True)
+        if budget:
+            budget.learn(step.argv, peak)  # an out-of-memory peak too: a lower bound of what the step needs
+        if code != 0 and step.name in overlapped and step.name not in retried and _out_of_memory(log):
+            retried.add(step.name)
+            kept = log.with_suffix(".oom.log")
+            log.replace(kept)
+            requeued.append((run.index, step))
+            starting[step.name] = f"{label}: running alone (re-queued after running out of GPU memory) ..."
+            echo(f"{label}: out of GPU memory beside other steps after {seconds:.0f} s; re-queued to run alone "
+                 f"when the GPU is idle (log {kept})")
+            return
         if code != 0 or not step.done.exists():
             detail = f"exit {code}" if code else f"finished without writing {step.done}"
             error = _error_line(log)
             reason = f"{step.name} failed ({detail}{': ' + error if error else ''}; log {log})"
-            results[step.name] = StepResult("failed", reason, seconds, log)
+            results[step.name] = StepResult("failed", reason, seconds, log, step.name in retried)
             echo(f"{label}: FAILED in {seconds:.0f} s: {reason}")
             return
-        atomic_write_json(state_dir / f"{slug(step.name)}.json", {"argv": step.argv, "seconds": round(seconds, 1)})
-        results[step.name] = StepResult("ran", "", seconds, log)
+        record = {"argv": step.argv, "seconds": round(seconds, 1)}
+        if peak is not None:
+            record["peak_gpu_bytes"] = peak
+        if step.name in retried:
+            record["requeued"] = True
+        atomic_write_json(state_dir / f"{slug(step.name)}.json", record)
+        results[step.name] = StepResult("ran", "", seconds, log, step.name in retried)
         ran.add(step.name)
         echo(f"{label}: ok ({seconds:.0f} s)")
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while pending or running:
+        while pending or ready or requeued or running:
             progress = True
-            while progress and len(running) < jobs:
+            while progress and len(running) + len(ready) < jobs:
                 progress = False
                 for item in list(pending):
                     index, step = item
-                    if len(running) >= jobs or not all(need in results for need in step.needs):
+                    if len(running) + len(ready) >= jobs or not all(need in results for need in step.needs):
                         continue  # a need is still running, or no slot is free
                     pending.remove(item)
                     progress = True
                     if not settle(index, step):
-                        log = logs / f"{index:02d}-{slug(step.name)}.log"
-                        running[pool.submit(_execute, step, log)] = (index, step, log, time.time())
-            if not running:
+                        ready.append(item)
+                        launch()  # at once when it may: the lines come in the order they always did
+            launch()
+            if not running:  # launch starts a step whenever none runs, so nothing is ready or re-queued
                 if pending:  # nothing runs and nothing is ready: the needs go round in a circle
                     raise ValueError(f"steps wait on each other: {', '.join(step.name for _, step in pending)}")
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            timeout = poll if ready and not requeued else None  # memory may free up outside our steps
+            finished, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in finished:
-                finish(*running.pop(future), future.result())
+                finish(running.pop(future), future.result())
     return results
