@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The README's 3-seed comparison on one lent GPU, as one background job that outlives the ≤10-minute calls:
 #   1. `qalign sweep recipes/smollm2-135m/sweep-nq.yaml` (validation slice) and, beside it, the study's steps that
-#      no swept value touches (base, SFT, the CoT teacher and CoT-SFT: `--methods sft cot`);
-#   2. `qalign study recipes/smollm2-135m/study-nq.yaml --overrides <the sweep's best.yaml>` (finished steps skipped).
+#      no swept value touches (base and the three SFT runs: `--methods sft`);
+#   2. `qalign study recipes/smollm2-135m/study-nq.yaml --overrides <the sweep's best.yaml>` (finished steps skipped);
+#   3. bench/study_bench.py's step table of both folders (wall, step seconds by kind, failed / re-queued, peak memory).
+# Both runners use `--jobs auto` (the default on a GPU): a step starts when free GPU memory covers its peak, and a
+# step that still runs out of memory is re-queued and run alone.
 # On the GPU machine, after `bash bench/gpu_setup.sh` (the wheels, SmolLM2 and .nq/ in place):
 #   bash bench/gpu_study.sh start            # copies the checkout to /tmp/q and starts the job (setsid)
 #   bash bench/gpu_study.sh watch SECONDS    # waits until the job ends or SECONDS pass, then copies the reports
@@ -10,25 +13,28 @@
 # The machine goes back ~30 s after a call ends, background job and all: call `watch` again at once, every time.
 set -uo pipefail
 work=/tmp/q
-# 11 steps at once ran the H200's 139 GiB out of memory (an SFT run failed); 6 at once fitted (2026-12-02)
-jobs_sweep=${JOBS_SWEEP:-6} jobs_first=${JOBS_FIRST:-2} jobs_study=${JOBS_STUDY:-6}
+sweep_file=${SWEEP_FILE:-recipes/smollm2-135m/sweep-nq.yaml}
+study_file=${STUDY_FILE:-recipes/smollm2-135m/study-nq.yaml}
 
 chain() {
   source bench/gpu_env.sh
   export OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false  # a dozen processes share 16 cores
   mkdir -p logs
   date +%s > logs/chain.start
-  $QALIGN sweep recipes/smollm2-135m/sweep-nq.yaml --jobs "$jobs_sweep" > logs/sweep.log 2>&1 &
+  $QALIGN sweep "$sweep_file" > logs/sweep.log 2>&1 &
   local sweep=$!
-  $QALIGN study recipes/smollm2-135m/study-nq.yaml --methods sft cot --jobs "$jobs_first" > logs/first.log 2>&1 &
+  $QALIGN study "$study_file" --methods sft > logs/first.log 2>&1 &
   local first=$!
   wait $sweep; echo "sweep exit $?" >> logs/chain.log; date +%s > logs/sweep.end
   wait $first; echo "first exit $?" >> logs/chain.log
   local best=reports/nq-top5-sweep/best.yaml chosen=()
   [ -f "$best" ] && chosen=(--overrides "$best")  # a sweep that wrote nothing leaves the study file's values
-  $QALIGN study recipes/smollm2-135m/study-nq.yaml "${chosen[@]}" --jobs "$jobs_study" > logs/study.log 2>&1
+  $QALIGN study "$study_file" "${chosen[@]}" > logs/study.log 2>&1
   echo "study exit $?" >> logs/chain.log
   date +%s > logs/chain.end
+  for folder in reports/nq-top5-sweep reports/nq-top5-3seeds; do
+    python3 bench/study_bench.py --report-only "$folder" --per-step > "logs/bench-$(basename "$folder").txt" 2>&1
+  done
 }
 
 collect() {
@@ -43,6 +49,7 @@ collect() {
   ls -la "$out"
   cat logs/chain.log 2>/dev/null
   for log in sweep first study; do [ -f "logs/$log.log" ] && { echo "== $log"; tail -n 6 "logs/$log.log"; }; done
+  for table in logs/bench-*.txt; do [ -f "$table" ] && { echo "== $table"; head -n 30 "$table"; }; done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 }
 
