@@ -17,7 +17,8 @@ from qalign.cli import main
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import substring_exact_match
 from qalign.retrieve.cli import recall_file, run_retrieve
-from qalign.retrieve.search import has_answer, top_rows
+from qalign.retrieve.index import top_rows
+from qalign.retrieve.search import has_answer
 from qalign.text import _is_punctuation, normalize_answer
 
 ANIMALS = [("d1", "zebra lion"), ("d2", "zebra zebra tiger"), ("d3", "tiger eagle"), ("d4", "eagle shark")]

@@ -49,7 +49,7 @@ def run_retrieve(corpus: str, source: str, output: str, top_k: int, index_dir: s
                  title_weight: int = 1, echo=print) -> dict[str, Any]:
     """Retrieve the top_k passages of every question of `source` into `output`; return the recall summary."""
     from qalign.retrieve.index import open_index
-    from qalign.retrieve.search import recall_at, search
+    from qalign.retrieve.search import attach_passages, recall_at
 
     if not output.endswith(".jsonl"):
         raise QalignError(f"{output}: --output must end with .jsonl (the converters read it as DPR/FiD jsonl).")
@@ -58,7 +58,7 @@ def run_retrieve(corpus: str, source: str, output: str, top_k: int, index_dir: s
     records, notes = _load_questions(source)
     index = open_index(corpus, index_dir or default_index(corpus), title_weight, echo=echo)
     started = time.time()
-    rows, unmatched = search(index, records, top_k)
+    rows, unmatched = attach_passages(index, records, top_k)
     seconds = time.time() - started
     summary = {"input": source, "output": output, "corpus": corpus, "index": str(index_dir or default_index(corpus)),
                "passages": len(index), "questions": len(rows), "top_k": top_k, "title_weight": title_weight,

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,43 @@ class Index:
 
     def __len__(self) -> int:
         return int(self.meta["passages"])
+
+    def search(self, questions: list[str], k: int) -> Iterator[list[tuple[dict[str, str], float]]]:
+        """Per question, its k best passages and BM25 scores (the `Searcher` protocol of qalign.retrieve.search)."""
+        import numpy as np
+
+        ids, vocab = tokenize(questions, bars=show_bars())
+        inverse = {number: token for token, number in vocab.items()}
+        known = self.retriever.vocab_dict
+        empty = np.zeros(len(self), dtype=np.float32)
+        for query in ids:
+            terms = [known[inverse[t]] for t in query if inverse[t] in known]
+            scores = self.retriever.get_scores_from_ids(terms) if terms else empty
+            yield [(self.passages[row], score) for row, score in zip(*top_rows(scores, k), strict=True)]
+
+
+def top_rows(scores: Any, k: int) -> tuple[list[int], list[float]]:
+    """The k best rows by score, ties to the lower row. Only rows above a threshold are ranked (halved from the
+    best score until k rows pass it; every row below it is worse than those k): numpy's argpartition over all
+    100k mostly-zero scores (bm25s.retrieve's way) took 45 ms a query on this machine, this about 1 ms."""
+    import numpy as np
+
+    threshold = float(scores.max(initial=0.0)) / 2
+    while True:
+        rows = np.flatnonzero(scores >= threshold) if threshold > 1e-6 else np.flatnonzero(scores > 0)
+        if len(rows) >= k or threshold <= 1e-6:
+            break
+        threshold /= 2
+    if len(rows) > k:  # the k best; of rows tied with the k-th score, the earliest (rows are in order)
+        values = scores[rows]
+        kth = -np.partition(-values, k - 1)[k - 1]
+        above = rows[values > kth]
+        rows = np.concatenate([above, rows[values == kth][:k - len(above)]])
+    found = rows[np.lexsort((rows, -scores[rows]))].tolist()
+    if len(found) < k:  # fewer matching passages than k: fill with unscored ones, in corpus order
+        chosen = set(found)
+        found += [row for row in range(k + len(found)) if row not in chosen][:k - len(found)]
+    return found, [float(scores[row]) for row in found]
 
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:

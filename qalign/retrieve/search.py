@@ -6,11 +6,11 @@ substring of the normalised passage text (the title is not searched, as in DPR).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from qalign.errors import QalignError
 from qalign.records import QARecord
-from qalign.retrieve.index import Index, show_bars, tokenize
 from qalign.text import normalize_answer
 
 RECALL_AT = (1, 5, 20, 100)
@@ -26,62 +26,41 @@ def has_answer(answers: list[str], text: str) -> bool:
     return contains_answer(answers, normalize_answer(text))
 
 
-def top_rows(scores: Any, k: int) -> tuple[list[int], list[float]]:
-    """The k best rows by score, ties to the lower row. Only rows above a threshold are ranked (halved from the
-    best score until k rows pass it; every row below it is worse than those k): numpy's argpartition over all
-    100k mostly-zero scores (bm25s.retrieve's way) took 45 ms a query on this machine, this about 1 ms."""
-    import numpy as np
+class Searcher(Protocol):
+    """What `qalign retrieve` needs from an engine: the bm25s `Index` here; a Pyserini `LuceneSearcher` or an
+    OpenSearch/Elasticsearch index is one small class with these two methods (docs/retrieval.md)."""
 
-    threshold = float(scores.max(initial=0.0)) / 2
-    while True:
-        rows = np.flatnonzero(scores >= threshold) if threshold > 1e-6 else np.flatnonzero(scores > 0)
-        if len(rows) >= k or threshold <= 1e-6:
-            break
-        threshold /= 2
-    if len(rows) > k:  # the k best; of rows tied with the k-th score, the earliest (rows are in order)
-        values = scores[rows]
-        kth = -np.partition(-values, k - 1)[k - 1]
-        above = rows[values > kth]
-        rows = np.concatenate([above, rows[values == kth][:k - len(above)]])
-    found = rows[np.lexsort((rows, -scores[rows]))].tolist()
-    if len(found) < k:  # fewer matching passages than k: fill with unscored ones, in corpus order
-        chosen = set(found)
-        found += [row for row in range(k + len(found)) if row not in chosen][:k - len(found)]
-    return found, [float(scores[row]) for row in found]
+    def __len__(self) -> int:
+        """The number of passages searched."""
+
+    def search(self, questions: list[str], k: int) -> Iterator[list[tuple[dict[str, str], float]]]:
+        """Per question, in order: its k best passages ({id, title, text}) with their scores, best first."""
 
 
-def search(index: Index, records: list[QARecord], top_k: int) -> tuple[list[dict[str, Any]], int]:
-    """Each record with its top_k passages as `ctxs` (best first); also how many questions matched no indexed term."""
+def attach_passages(searcher: Searcher, records: list[QARecord], top_k: int) -> tuple[list[dict[str, Any]], int]:
+    """Each record with its top_k passages as `ctxs` (best first); also how many questions matched nothing
+    (every passage scored 0)."""
     from tqdm.auto import tqdm
 
     if top_k < 1:
         raise QalignError(f"--top-k must be at least 1, got {top_k}.")
-    if top_k > len(index):
-        raise QalignError(f"--top-k {top_k} is more than the corpus's {len(index)} passages; lower --top-k.")
-    ids, vocab = tokenize([record.question for record in records], bars=show_bars())
-    inverse = {number: token for token, number in vocab.items()}
-    known = index.retriever.vocab_dict
-    out, unmatched, empty = [], 0, _zeros(len(index))
-    normalised: dict[int, str] = {}
-    for record, query in tqdm(list(zip(records, ids, strict=True)), desc="retrieving", unit=" q", disable=None):
-        terms = [known[inverse[t]] for t in query if inverse[t] in known]
-        unmatched += not terms
-        scores = index.retriever.get_scores_from_ids(terms) if terms else empty
+    if top_k > len(searcher):
+        raise QalignError(f"--top-k {top_k} is more than the corpus's {len(searcher)} passages; lower --top-k.")
+    hits = searcher.search([record.question for record in records], top_k)
+    out, unmatched = [], 0
+    normalised: dict[str, str] = {}  # a passage retrieved for many questions is normalised once
+    for record, found in tqdm(zip(records, hits, strict=True), total=len(records), desc="retrieving", unit=" q",
+                              disable=None):
+        unmatched += not any(score > 0 for _, score in found)
         ctxs = []
-        for row, score in zip(*top_rows(scores, top_k), strict=True):
-            passage = index.passages[row]
-            if row not in normalised:  # a passage retrieved for many questions is normalised once
-                normalised[row] = normalize_answer(passage["text"])
+        for passage, score in found:
+            if passage["id"] not in normalised:
+                normalised[passage["id"]] = normalize_answer(passage["text"])
             ctxs.append({"id": passage["id"], "title": passage["title"], "text": passage["text"],
-                         "score": round(score, 4), "has_answer": contains_answer(record.answers, normalised[row])})
+                         "score": round(score, 4),
+                         "has_answer": contains_answer(record.answers, normalised[passage["id"]])})
         out.append({"id": record.id, "question": record.question, "answers": record.answers, "ctxs": ctxs})
     return out, unmatched
-
-
-def _zeros(size: int) -> Any:
-    import numpy as np
-
-    return np.zeros(size, dtype=np.float32)
 
 
 def recall_at(rows: list[dict[str, Any]], ks: tuple[int, ...] = RECALL_AT) -> dict[str, float]:
