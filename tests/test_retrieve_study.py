@@ -70,3 +70,5 @@ def test_retrieve_block_errors(tmp_path: Path) -> None:
     cfg = build_config({**BASE, "retrieve": {"corpus": str(tmp_path / "none.jsonl")}})
     assert cfg.retrieve["top_k"] == 20 and any(p.startswith("retrieve.corpus:") for p in _path_problems(cfg))
     assert retrieval_lines(build_config(BASE)) == []
+    validating = build_config({**BASE, "train_limit": 1, "val_limit": 1, "retrieve": {"corpus": "c.jsonl"}})
+    assert [s.name for s in build_plan(validating) if s.name.startswith("retrieve")] == ["retrieve train"]

@@ -118,7 +118,7 @@ def _retrieved(cfg: StudyConfig, steps: list[Step]) -> list[Step]:
     if not spec:
         return steps
     found = []
-    for what in ("train", "test"):
+    for what in ("train",) if cfg.val_limit else ("train", "test"):  # val_limit: scored on the train file
         argv = ["retrieve", "--corpus", spec["corpus"], "--input", spec[what], "--output", spec[f"{what}_output"],
                 "--top-k", str(spec["top_k"]), "--index", spec["index"], "--title-weight", str(spec["title_weight"])]
         found.append(Step(f"retrieve {what}", argv, Path(spec[f"{what}_output"]), tuple(s.name for s in found)))
