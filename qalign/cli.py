@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qalign.evaluators.cli import add_eval_parsers
     from qalign.model_setup import add_model_parser
     from qalign.predict import add_predict_parser
+    from qalign.retrieve.cli import add_retrieve_parser
     from qalign.study.cli import add_study_parser
     from qalign.sweep import add_sweep_parser
     from qalign.teach import add_teach_parser
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in LLAMAFACTORY_COMMANDS:
         sub.add_parser(name, help=f"LLaMA-Factory `{name}` (run `qalign {name} -h` for its options)", add_help=False)
     for add_parser in (add_convert_parser, add_eval_parsers, add_model_parser, add_predict_parser, add_quantize_parser,
-                       add_sweep_parser, add_study_parser, add_teach_parser):
+                       add_sweep_parser, add_study_parser, add_teach_parser, add_retrieve_parser):
         add_parser(sub)
     return parser
 

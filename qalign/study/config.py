@@ -27,7 +27,7 @@ _DEFAULTS: dict[str, Any] = {
     "cot_teacher": None, "cot_prompt": "think_then_answer", "cot_min_f1": 0.9, "train_limit": None,
     "test_limit": None, "output": None, "bootstrap": {}, "train_args": {}, "predict_args": {}, "mining_args": {},
     "overrides": {}, "from_sft": [], "teach_args": {}, "test_split": None,
-    "val_limit": None,
+    "val_limit": None, "retrieve": None,
 }
 # methods that can continue the SFT adapter instead of starting from the base model (`from_sft`); for cot
 # (teacher `self`) the SFT model of the seed is the teacher
@@ -73,6 +73,9 @@ class StudyConfig:
     val_limit: int | None = None  # score on the val_limit train-file questions after the first train_limit
     raw: dict[str, Any] = field(default_factory=dict)
     methods_exact: bool = False  # `methods` came from --methods (or methods=...): exactly the rows, no implied cot
+    # the `retrieve:` block resolved (corpus, top_k, index, and the raw train/test it retrieves for); `train` and
+    # `test` above are then the retrieved files under OUTPUT/retrieved/
+    retrieve: dict[str, Any] | None = None
 
     def dataset(self, what: str) -> str:
         """Study-namespaced dataset name, e.g. `<name>_train`."""
@@ -202,6 +205,30 @@ def _split(value: Any, test: str, where: str) -> str:
     return str(value)
 
 
+_RETRIEVE_KEYS = ("corpus", "top_k", "index", "title_weight")
+
+
+def _retrieve(value: Any, train: str, test: str, output: Path, top_k: int, where: str) -> dict[str, Any] | None:
+    """`retrieve: {corpus, top_k, index, title_weight}`: BM25 passages for train and test from the user's corpus."""
+    if value in (None, {}):
+        return None
+    block = _mapping(value, "retrieve", where)
+    stray = sorted(set(block) - set(_RETRIEVE_KEYS))
+    if stray or not block.get("corpus"):
+        raise QalignError(f"{where}: retrieve: needs `corpus` (known keys: {', '.join(_RETRIEVE_KEYS)}), got "
+                          f"{block!r}; e.g. retrieve: {{corpus: my-passages.jsonl, top_k: 20}}.")
+    k = _number(block.get("top_k", max(top_k, 20)), "retrieve.top_k", where, int, 1)
+    if k < top_k:
+        raise QalignError(f"{where}: retrieve.top_k {k} is below top_k {top_k} (the passages a prompt shows).")
+    corpus = str(_resolve(str(block["corpus"])))
+    folder = output / "retrieved"
+    index = str(block.get("index") or f"indexes/{Path(corpus).name}.bm25")  # as `qalign retrieve` defaults it
+    return {"corpus": corpus, "top_k": k, "index": index,
+            "title_weight": _number(block.get("title_weight", 1), "retrieve.title_weight", where, int, 0),
+            "train": train, "test": test, "train_output": str(folder / "train.jsonl"),
+            "test_output": str(folder / "test.jsonl")}
+
+
 def merge_overrides(base: Any, path: str | Path) -> dict[str, Any]:
     """`base` overrides with the `overrides` of file `path` on top, method by method and key by key."""
     extra = read_yaml_mapping(path, "overrides file", "reports/nq-top5-sweep/best.yaml", ("overrides",))
@@ -261,11 +288,13 @@ def build_config(spec: dict[str, Any], source: Path | None = None, *, exact_meth
     if val_limit and not merged["train_limit"]:
         raise QalignError(f"{where}: val_limit needs train_limit: the validation slice is the val_limit questions of "
                           "the train file after the first train_limit (the ones trained on); e.g. train_limit: 1024.")
+    output, top_k = Path(merged["output"] or f"reports/{name}"), _number(merged["top_k"], "top_k", where, int, 0)
+    retrieve = _retrieve(merged["retrieve"], str(merged["train"]), str(merged["test"]), output, top_k, where)
     return StudyConfig(
         name=name, model=str(merged["model"]), template=str(merged["template"]),
-        recipes=_resolve(str(merged["recipes"])), train=str(merged["train"]),
-        test=str(merged["test"]), output=Path(merged["output"] or f"reports/{name}"), source=source,
-        top_k=_number(merged["top_k"], "top_k", where, int, 0), prompt=str(merged["prompt"]),
+        recipes=_resolve(str(merged["recipes"])), train=retrieve["train_output"] if retrieve else str(merged["train"]),
+        test=retrieve["test_output"] if retrieve else str(merged["test"]), output=output, source=source,
+        top_k=top_k, prompt=str(merged["prompt"]), retrieve=retrieve,
         methods=list(dict.fromkeys(methods)),
         seeds=list(dict.fromkeys(_int_list(merged["seeds"], "seeds", where))),
         cot_teacher=teacher,

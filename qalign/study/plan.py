@@ -123,6 +123,23 @@ def _scored(cfg: StudyConfig, cot: bool = False) -> tuple[str, str, int | None, 
     return cfg.test, what, cfg.test_limit, []
 
 
+def _retrieved(cfg: StudyConfig, steps: list[Step]) -> list[Step]:
+    """With a `retrieve:` block: `retrieve train` and `retrieve test` (BM25 from the corpus) first, and every step
+    reading a retrieved file waits for them. Test retrieval follows train's: the first builds the index."""
+    spec = cfg.retrieve
+    if not spec:
+        return steps
+    found = []
+    for what in ("train",) if cfg.val_limit else ("train", "test"):  # val_limit: scored on the train file
+        argv = ["retrieve", "--corpus", spec["corpus"], "--input", spec[what], "--output", spec[f"{what}_output"],
+                "--top-k", str(spec["top_k"]), "--index", spec["index"], "--title-weight", str(spec["title_weight"])]
+        found.append(Step(f"retrieve {what}", argv, Path(spec[f"{what}_output"]), tuple(s.name for s in found)))
+    outputs = {spec["train_output"]: "retrieve train", spec["test_output"]: "retrieve test"}
+    for step in steps:
+        step.needs = (*step.needs, *(name for path, name in outputs.items() if path in step.argv))
+    return found + steps
+
+
 def _data_steps(cfg: StudyConfig) -> list[Step]:
     prompt = ["--prompt", cfg.prompt]
     methods = set(cfg.methods)
@@ -249,7 +266,7 @@ def _method_steps(cfg: StudyConfig, steps: list[Step], method: str, seed: int, r
 def build_plan(cfg: StudyConfig) -> list[Step]:
     """Every step of the study in run order: data, base predictions, then per seed and method train/predict/eval
     (methods in `from_sft`: after SFT, their data mined from the SFT model, training continuing its adapter)."""
-    steps = _data_steps(cfg)
+    steps = _retrieved(cfg, _data_steps(cfg))
     steps += _predict_eval(cfg, "base", "base", None, ())
     if cfg.runs_cot:  # the seed's base_model_cot: the base model allowed to reason (think prompt, no training)
         steps += _predict_eval(cfg, BASE_COT, "cot", None, ())
@@ -263,7 +280,7 @@ def build_plan(cfg: StudyConfig) -> list[Step]:
 def build_sweep_plan(cfg: StudyConfig, points: list[tuple[str, str, dict[str, Any]]]) -> list[Step]:
     """A sweep: the study's data and base steps, then per seed every grid point (method, setting name, recipe
     keys) as run `<method>-<setting>-s<seed>`; methods that continue SFT get the default SFT run of their seed."""
-    steps = _data_steps(cfg)
+    steps = _retrieved(cfg, _data_steps(cfg))
     steps += _predict_eval(cfg, "base", "base", None, ())
     for seed in cfg.seeds:
         if any(method in cfg.from_sft for method, _, _ in points):

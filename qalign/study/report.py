@@ -6,6 +6,7 @@ Also writes OUTPUT/results.json (the same figures, machine-readable). Everything
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,6 +273,23 @@ def split_line(cfg: StudyConfig) -> str:
             f"{where.get(cfg.split, f'split `{cfg.split}`')} (`test_split`); no run was scored on another split.")
 
 
+def retrieval_lines(cfg: StudyConfig) -> list[str]:
+    """With a `retrieve:` block: the corpus and the answer recall@k of the retrieved train and test files."""
+    if not cfg.retrieve:
+        return []
+    from qalign.retrieve.cli import recall_file
+
+    cells = []
+    for what in ("train", "test"):
+        try:
+            recall = json.loads(recall_file(cfg.retrieve[f"{what}_output"]).read_text(encoding="utf-8"))["recall"]
+            cells.append(f"{what} " + ", ".join(f"@{k} {v:.3f}" for k, v in recall.items()))
+        except (OSError, ValueError, KeyError, AttributeError):
+            cells.append(f"{what} not retrieved")
+    return [f"Passages: BM25 top-{cfg.retrieve['top_k']} from `{cfg.retrieve['corpus']}` (`qalign retrieve`); "
+            f"answer recall {'; '.join(cells)}.", ""]
+
+
 def write_report(cfg: StudyConfig, steps: list[Step], results: dict[str, StepResult], argv: list[str]) -> Path:
     """Build report.md (+ results.json and the PNGs) in the study's output folder; return the report path."""
     rows = collect_rows(cfg, steps, results)
@@ -282,7 +300,7 @@ def write_report(cfg: StudyConfig, steps: list[Step], results: dict[str, StepRes
     flags = length_flags(rows, cfg)
     lines = [f"# Study `{cfg.name}`", "", f"Model `{cfg.model}` (template `{cfg.template}`, recipes `{cfg.recipes}`); "
              f"train `{cfg.train}`, test `{cfg.test}`; prompt `{cfg.prompt}`, top-{cfg.top_k} passages. "
-             f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", "", split_line(cfg), "",
+             f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", "", split_line(cfg), "", *retrieval_lines(cfg),
              f"## Results on the {cfg.split} set",
              "", *results_table(rows, cfg), "", f"![methods]({METHODS_FILE})" if drew else "No method was evaluated.",
              "", "## CoT teacher", "", *teacher_section(cfg, steps, results), "",

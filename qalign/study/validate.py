@@ -19,7 +19,7 @@ def _path_problems(cfg: StudyConfig) -> list[str]:
 
     problems = []
     for key in ("train",) if cfg.val_limit else ("train", "test"):  # val_limit: scored on the train file
-        value = getattr(cfg, key)
+        value = cfg.retrieve[key] if cfg.retrieve else getattr(cfg, key)  # retrieved: the raw questions must exist
         if not Path(value).is_file() and not looks_like_hf_id(value):
             problems.append(f"{key}: {value} is not a file (nor a Hub id owner/name)")
         elif not Path(value).is_file():  # owner/name-shaped: offline, only a cached Hub dataset can be read
@@ -27,6 +27,8 @@ def _path_problems(cfg: StudyConfig) -> list[str]:
                 check_local_or_hub(key, value, "dataset", "fix the path to the raw QA file")
             except QalignError as exc:
                 problems.append(str(exc))
+    if cfg.retrieve and not Path(cfg.retrieve["corpus"]).is_file():
+        problems.append(f"retrieve.corpus: {cfg.retrieve['corpus']} is not a file (.jsonl(.gz) or .tsv(.gz) passages)")
     if looks_local(cfg.model) and not Path(cfg.model).exists():
         problems.append(f"model: {cfg.model} does not exist (build it with `qalign model` or fix the path)")
     else:
