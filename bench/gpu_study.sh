@@ -32,8 +32,9 @@ chain() {
   $QALIGN study "$study_file" "${chosen[@]}" > logs/study.log 2>&1
   echo "study exit $?" >> logs/chain.log
   date +%s > logs/chain.end
-  for folder in reports/nq-top5-sweep reports/nq-top5-3seeds; do
-    python3 bench/study_bench.py --report-only "$folder" --per-step > "logs/bench-$(basename "$folder").txt" 2>&1
+  for pair in sweep:reports/nq-top5-sweep study:reports/nq-top5-3seeds; do
+    local log=${pair%%:*} folder=${pair#*:}
+    python3 bench/study_bench.py --report-only "$folder" --per-step --study-log "logs/$log.log" > "logs/bench-$log.txt" 2>&1
   done
 }
 

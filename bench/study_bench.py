@@ -3,14 +3,16 @@
   python bench/study_bench.py recipes/smollm2-135m/study-nq.yaml [KEY=VALUE ... --study-options]
       runs `qalign study FILE ...` (its default `--jobs auto` unless given), keeps its output lines in
       OUTPUT/bench/study.out and the wall time in OUTPUT/bench/bench.json, then prints the table
-  python bench/study_bench.py --report-only reports/nq-top5-3seeds [--per-step] [--json FILE]
+  python bench/study_bench.py --report-only reports/nq-top5-3seeds [--study-log FILE] [--per-step] [--json FILE]
       the table of a finished study folder, running nothing
 
 The table: total wall, step-seconds by kind (data, mine, teach, train by recipe, predict, eval), failed steps,
 steps re-queued after running out of GPU memory, and the peak GPU memory of the steps (the `peak_gpu_bytes` each
 step's process reported, kept in OUTPUT/steps/*.json). Without bench.json the wall is estimated from the logs'
-times. Failures and re-queues come from study.out when there is one, else from the logs (a log with no record, or
-newer than it, is a failed step; a `*.oom.log` is a re-queue).
+times. Failures and re-queues come from the runner's lines (study.out, or `--study-log FILE` where the runner's
+output went elsewhere, e.g. bench/gpu_study.sh's logs/study.log), else from the logs (a log with no record, or
+newer than it, is a failed step; a `*.oom.log` is a re-queue). With the runner's lines, a step with a log but no
+record and no failure was still running when they end: it is listed as unfinished.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def _header_argv(log: Path) -> list[str]:
     return shlex.split(first[len("$ qalign "):]) if first.startswith("$ qalign ") else []
 
 
-def collect(folder: Path) -> dict[str, Any]:
+def collect(folder: Path, study_log: Path | None = None) -> dict[str, Any]:
     """Steps, kinds, seconds, peaks, failures and re-queues of a study folder (see the module docstring)."""
     steps: dict[str, dict[str, Any]] = {}
     for record_path in sorted((folder / "steps").glob("*.json")):
@@ -70,9 +72,9 @@ def collect(folder: Path) -> dict[str, Any]:
             steps[record_path.stem] = {"argv": record["argv"], "seconds": float(record.get("seconds") or 0),
                                        "peak_gpu_bytes": record.get("peak_gpu_bytes"),
                                        "requeued": bool(record.get("requeued")), "failed": False,
-                                       "end": record_path.stat().st_mtime}
+                                       "end": record_path.stat().st_mtime, "recorded": True}
     logs = sorted((folder / "logs").glob("*.log"))
-    out_lines = _study_out(folder)
+    out_lines = _study_out(folder, study_log)
     for log in logs:
         if log.name.endswith(".oom.log"):
             continue
@@ -106,8 +108,8 @@ def collect(folder: Path) -> dict[str, Any]:
     return {"folder": str(folder), "steps": steps, **_wall(folder, steps)}
 
 
-def _study_out(folder: Path) -> list[str] | None:
-    path = folder / "bench" / "study.out"
+def _study_out(folder: Path, study_log: Path | None = None) -> list[str] | None:
+    path = study_log or folder / "bench" / "study.out"
     return path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else None
 
 
@@ -144,7 +146,10 @@ def table(summary: dict[str, Any], per_step: bool = False) -> str:
                      f"{_gib(max(peaks) if peaks else None)} |")
     failed = [s["name"] for s in steps if s["failed"]]
     requeued = [s["name"] + (" (then failed)" if s["failed"] else "") for s in steps if s["requeued"]]
+    unfinished = [s["name"] for s in steps if not s.get("recorded") and not s["failed"]]
     lines += ["", f"failed steps: {', '.join(failed) or 'none'}", f"re-queued steps: {', '.join(requeued) or 'none'}"]
+    if unfinished:
+        lines.append(f"unfinished steps (running when the runner's lines end): {', '.join(unfinished)}")
     measured = sorted((s for s in steps if s["peak_gpu_bytes"] is not None), key=lambda s: -s["peak_gpu_bytes"])
     shown = measured if per_step else measured[:8]
     lines.append(f"peak GPU memory per step (GiB{'' if per_step else ', largest 8; --per-step: all'}): "
@@ -181,6 +186,7 @@ def run_study(study_args: list[str]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report-only", metavar="DIR", help="report on a finished study folder; run nothing")
+    parser.add_argument("--study-log", metavar="FILE", help="the runner's output lines, when not in DIR/bench/study.out")
     parser.add_argument("--per-step", action="store_true", help="also print every step's seconds and peak")
     parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     args, study_args = parser.parse_known_args(argv)
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a study file (and its options), or --report-only DIR")
     else:
         folder = run_study(study_args)
-    summary = collect(folder)
+    summary = collect(folder, Path(args.study_log) if args.study_log else None)
     print(table(summary, args.per_step))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")

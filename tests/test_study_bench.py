@@ -77,3 +77,16 @@ def test_report_only_prefers_the_study_lines_and_wall_a_run_kept(tmp_path: Path)
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "study_bench.py"), "--report-only", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no steps/ or logs/ folder" in bad.stderr
+
+
+def test_a_step_still_running_when_the_runner_log_ends_is_unfinished_not_failed(tmp_path: Path) -> None:
+    out = _folder(tmp_path)
+    running = out / "logs" / "08-train-orpo-s1.log"  # a log, no record, no FAILED line: the machine went back
+    running.write_text("$ qalign train recipes/x/orpo.yaml seed=1\n{'loss': 0.9}\n")
+    study_log = tmp_path / "study.log"  # the runner's lines kept outside the folder (bench/gpu_study.sh)
+    study_log.write_text("[7/8] train kto-s1: FAILED in 12 s: train kto-s1 failed (exit 1: ValueError: boom)\n"
+                         "[8/8] train orpo-s1: running ...\n")
+    text = table(collect(out, study_log))
+    assert "failed steps: train kto-s1\n" in text
+    assert "unfinished steps (running when the runner's lines end): train-orpo-s1" in text
+    assert "unfinished" not in table(collect(out))  # without the runner's lines a log with no record is a failure

@@ -17,7 +17,7 @@ from qalign.study.plan import Step
 from qalign.study.runner import add_run_options, run_steps
 
 OOM_LINE = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.70 GiB."
-TRAIN = ["train", "recipes/smollm2-135m/sft.yaml"]  # not measured: DEFAULT_PEAK_GIB["train"] = 24 -> 27.4 GiB
+TRAIN = ["train", "recipes/mine/custom.yaml"]  # not measured, no default of its own: DEFAULT_PEAK_GIB["train"] = 32 -> 36.2 GiB
 
 
 def _fake(monkeypatch, oom: dict[str, int] | None = None, peak: int | None = None, seconds: float = 0.25):
@@ -57,9 +57,10 @@ def test_kinds_and_the_need_of_a_step() -> None:
                                          ["predict", "p.yaml"], ["eval", "--predictions"], ["teach"])] == \
         ["train", "mine", "convert", "predict", "eval", "teach"]
     budget = GpuBudget(free=lambda: 40 * GIB, slots=2)
-    assert budget.need(TRAIN, None) == int(24 * GIB * 1.1) + GIB  # default + 10% + the CUDA context
+    assert budget.need(TRAIN, None) == int(32 * GIB * 1.1) + GIB  # default + 10% + the CUDA context
+    assert budget.need(["train", "recipes/smollm2-135m/dpo.yaml"], None) == int(53 * GIB * 1.1) + GIB  # its recipe's
     assert budget.need(["eval", "--predictions", "p"], None) == 0 and budget.need(TRAIN, 0) == 0
-    budget.learn(["train", "other/sft.yaml"], 2 * GIB)  # the same recipe name: the same kind of peak
+    budget.learn(["train", "other/custom.yaml"], 2 * GIB)  # the same recipe name: the same kind of peak
     assert budget.need(TRAIN, None) == int(2 * GIB * 1.1) + GIB
     assert budget.need(TRAIN, 4 * GIB) == int(4 * GIB * 1.1) + GIB  # the step's own record wins
 
@@ -84,16 +85,16 @@ def test_auto_without_a_gpu_runs_one_step_at_a_time(monkeypatch, tmp_path: Path)
 def test_admission_waits_for_memory_and_learns_measured_peaks(monkeypatch, tmp_path: Path) -> None:
     spans = _fake(monkeypatch, peak=2 * GIB)
     done = tmp_path / "done"
-    # 30 GiB free: one unmeasured train step (27.4 GiB) at a time; the eval step (no GPU) runs beside it
+    # 40 GiB free: one unmeasured train step (36.2 GiB) at a time; the eval step (no GPU) runs beside it
     steps = [Step("a", TRAIN, done / "a"), Step("b", TRAIN, done / "b"), Step("e", ["eval", "x"], done / "e")]
     lines: list[str] = []
     results = run_steps(steps, tmp_path / "out", jobs="auto", echo=lines.append,
-                        gpu=GpuBudget(free=lambda: 30 * GIB, slots=4), poll=0.02)
+                        gpu=GpuBudget(free=lambda: 40 * GIB, slots=4), poll=0.02)
     assert [results[n].state for n in "abe"] == ["ran"] * 3
     (a,), (b,), (e,) = spans["a"], spans["b"], spans["e"]
     assert not _overlap(a, b) and _overlap(a, e), spans
     assert lines[:4] == ["jobs auto: a step starts when the GPU's free memory covers its peak, up to 4 at once",
-                         "[1/3] a: running ...", "[2/3] b: waiting for GPU memory (needs 27.4 GiB, 2.6 GiB free)",
+                         "[1/3] a: running ...", "[2/3] b: waiting for GPU memory (needs 36.2 GiB, 3.8 GiB free)",
                          "[3/3] e: running ..."], lines
     record = json.loads((tmp_path / "out" / "steps" / "a.json").read_text())
     assert record == {"argv": TRAIN, "seconds": record["seconds"], "peak_gpu_bytes": 2 * GIB}
@@ -101,12 +102,12 @@ def test_admission_waits_for_memory_and_learns_measured_peaks(monkeypatch, tmp_p
     # a rerun knows the measured peaks (3.2 GiB each): both train steps fit side by side now
     spans.clear()
     run_steps(steps, tmp_path / "out", jobs="auto", force=True, echo=lambda _: None,
-              gpu=GpuBudget(free=lambda: 30 * GIB, slots=4), poll=0.02)
+              gpu=GpuBudget(free=lambda: 40 * GIB, slots=4), poll=0.02)
     assert _overlap(spans["a"][0], spans["b"][0]), spans
 
 
-def test_out_of_memory_beside_others_is_requeued_and_run_alone(monkeypatch, tmp_path: Path) -> None:
-    spans = _fake(monkeypatch, oom={"b": 1})
+def test_out_of_memory_beside_others_is_requeued_with_a_raised_need(monkeypatch, tmp_path: Path) -> None:
+    spans = _fake(monkeypatch, oom={"b": 1}, peak=30 * GIB)
     done = tmp_path / "done"
     steps = [Step("a", TRAIN, done / "a"), Step("b", TRAIN, done / "b"), Step("c", TRAIN, done / "c"),
              Step("d", TRAIN, done / "d", needs=("b",)), Step("f", TRAIN, done / "f", needs=("a",))]
@@ -116,25 +117,42 @@ def test_out_of_memory_beside_others_is_requeued_and_run_alone(monkeypatch, tmp_
                         poll=0.02)
     assert {n: (r.state, r.requeued) for n, r in results.items()} == {
         "a": ("ran", False), "b": ("ran", True), "c": ("ran", False), "d": ("ran", False), "f": ("ran", False)}
-    first, again = spans["b"]
+    first, _again = spans["b"]
     assert _overlap(first, spans["a"][0]), "b's first run had company"
-    others = [span for name, runs in spans.items() if name != "b" for span in runs]
-    assert not any(_overlap(again, span) for span in others), "the re-queued run was not alone"
     kept = out / "logs" / "02-b.oom.log"
     assert OOM_LINE in kept.read_text() and (out / "logs" / "02-b.log").read_text() == "ok\n"
-    assert f"[2/5] b: out of GPU memory beside other steps after 0 s; re-queued to run alone when the GPU is idle " \
+    # its need: 1.5 x the larger of what it was given (36.2 GiB) and the peak it reached (30 GiB) = 54.3 GiB
+    assert f"[2/5] b: out of GPU memory beside other steps after 0 s; re-queued, now needing 54.3 GiB " \
            f"(log {kept})" in lines
-    assert "[2/5] b: running alone (re-queued after running out of GPU memory) ..." in lines
-    assert not any("FAILED" in line for line in lines)
+    assert "[2/5] b: running again (re-queued after running out of GPU memory) ..." in lines
+    assert not any("FAILED" in line or "alone" in line for line in lines)
     assert json.loads((out / "steps" / "b.json").read_text())["requeued"] is True
 
 
-def test_a_second_out_of_memory_alone_and_one_with_fixed_jobs_1_fail(monkeypatch, tmp_path: Path) -> None:
-    _fake(monkeypatch, oom={"b": 2}, seconds=0.1)
-    done = tmp_path / "done"
-    steps = [Step("a", TRAIN, done / "a"), Step("b", TRAIN, done / "b"), Step("d", TRAIN, done / "d", needs=("b",))]
+def _five_steps(done: Path) -> list[Step]:
+    """b and four more, three slots: b's second run has company again (it starts before e and g)."""
+    return [Step(name, TRAIN, done / name) for name in "abceg"]
+
+
+def test_a_second_out_of_memory_beside_others_runs_the_step_alone(monkeypatch, tmp_path: Path) -> None:
+    spans = _fake(monkeypatch, oom={"b": 2}, seconds=0.2)
+    lines: list[str] = []
+    results = run_steps(_five_steps(tmp_path / "done"), tmp_path / "out", jobs="auto", echo=lines.append,
+                        gpu=GpuBudget(free=lambda: 200 * GIB, slots=3), poll=0.02)
+    assert (results["b"].state, results["b"].requeued) == ("ran", True)
+    first, second, alone = spans["b"]
+    others = [span for name, runs in spans.items() if name != "b" for span in runs]
+    assert any(_overlap(second, span) for span in others), "the raised-need run had company"
+    assert not any(_overlap(alone, span) for span in others), "the last run was not alone"
+    assert any("re-queued to run alone when the GPU is idle" in line for line in lines)
+    assert "[2/5] b: running alone (re-queued after running out of GPU memory) ..." in lines
+
+
+def test_out_of_memory_alone_and_one_with_fixed_jobs_1_fail(monkeypatch, tmp_path: Path) -> None:
+    _fake(monkeypatch, oom={"b": 3}, seconds=0.2)
+    steps = [*_five_steps(tmp_path / "done"), Step("d", TRAIN, tmp_path / "done" / "d", needs=("b",))]
     results = run_steps(steps, tmp_path / "o1", jobs="auto", echo=lambda _: None,
-                        gpu=GpuBudget(free=lambda: 100 * GIB, slots=2), poll=0.02)
+                        gpu=GpuBudget(free=lambda: 200 * GIB, slots=3), poll=0.02)
     assert (results["b"].state, results["b"].requeued, results["d"].state) == ("failed", True, "blocked")
     assert "CUDA out of memory" in results["b"].reason
     _fake(monkeypatch, oom={"b": 1}, seconds=0.05)  # --jobs 1: every step ran alone, so an OOM fails as before

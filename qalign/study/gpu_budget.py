@@ -16,8 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 GIB = 1 << 30
-# a step's peak before it was ever measured (SmolLM2 on an H200: under 51 GiB for a GRPO run, bench/RESULTS.md)
-DEFAULT_PEAK_GIB = {"train": 24.0, "predict": 12.0, "mine": 12.0, "teach": 12.0, "convert": 0.0, "eval": 0.0}
+# a step's peak before it was ever measured, by recipe for train steps, else by kind: the largest peaks of the
+# SmolLM2-135M study-nq.yaml / sweep-nq.yaml steps on an H200 (2026-12-04, bench/RESULTS.md), rounded up; the
+# caching allocator keeps what it took, so these are reserved bytes, not what the step strictly needs
+DEFAULT_PEAK_GIB = {"train": 32.0, "train dpo": 53.0, "train kto": 37.0, "train orpo": 37.0, "train grpo": 29.0,
+                    "train sft": 31.0, "predict": 21.0, "mine": 36.0, "teach": 36.0, "convert": 0.0, "eval": 0.0}
 MARGIN = 0.10  # of the peak, plus the CUDA context that max_memory_reserved does not count
 CONTEXT_BYTES = GIB
 MINING_FORMATS = ("preference", "kto")  # the converters that sample from the model
@@ -90,7 +93,8 @@ class GpuBudget:
         """Bytes to find free before the step starts: its recorded peak, its kind's, or the default; + margin."""
         peak = recorded if recorded is not None else self.measured.get(peak_key(argv))
         if peak is None:
-            peak = int(DEFAULT_PEAK_GIB.get(step_kind(argv), DEFAULT_PEAK_GIB["train"]) * GIB)
+            default = DEFAULT_PEAK_GIB.get(peak_key(argv), DEFAULT_PEAK_GIB.get(step_kind(argv)))
+            peak = int((DEFAULT_PEAK_GIB["train"] if default is None else default) * GIB)
         return 0 if peak == 0 else int(peak * (1 + MARGIN)) + CONTEXT_BYTES
 
     def available(self, committed: int, idle: bool) -> int | None:

@@ -8,9 +8,11 @@ needs must name every input a step reads (`--jobs N` runs independent steps side
 `--jobs auto` (the default; one step at a time without a visible GPU) starts a ready step only when the GPU's free
 memory covers its peak (qalign.study.gpu_budget), at most one step per CPU core; a step waiting for memory says so
 once (`[i/n] NAME: waiting for GPU memory (needs X GiB, Y GiB free)`). A step that runs out of GPU memory (its log
-says `CUDA out of memory` / `OutOfMemoryError`) while other steps ran beside it is not failed but re-queued
-(`[i/n] NAME: out of GPU memory beside other steps; re-queued to run alone ...`; its log kept as `*.oom.log`) and
-run again once nothing else runs, with no other step started beside it; running out again then is a failure.
+says `CUDA out of memory` / `OutOfMemoryError`) while other steps ran beside it is not failed but re-queued, its
+log kept as `*.oom.log`: the first time with its need raised to RAISE x the larger of its need and the peak it had
+reached (`... re-queued, now needing X GiB`), so it waits until that much is free but keeps company (on an H200 two
+GRPO runs re-queued to run alone serialised the rest of a study for 7 minutes); the second time to run alone, once
+nothing else runs and with no other step started beside it. Running out of memory alone is a failure.
 Each step's record (OUTPUT/steps/NAME.json) keeps its seconds and its process's peak GPU memory (`peak_gpu_bytes`).
 """
 
@@ -30,6 +32,7 @@ from qalign.study.plan import Step, step_dependencies
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 _OOM = re.compile(r"CUDA out of memory|OutOfMemoryError")
+RAISE = 1.5  # a step that ran out of memory beside others first comes back needing this much more
 POLL_SECONDS = 5.0  # how often a step waiting for GPU memory reads it again
 
 
@@ -41,7 +44,7 @@ class StepResult:
     reason: str = ""
     seconds: float = 0.0
     log: Path | None = None
-    requeued: bool = False  # ran out of GPU memory beside other steps and was run again alone
+    requeued: bool = False  # ran out of GPU memory beside other steps and was run again
 
 
 @dataclass
@@ -158,7 +161,8 @@ def run_steps(
     requeued: list[tuple[int, Step]] = []  # ran out of memory beside others: to run alone on an idle GPU
     starting: dict[str, str] = {}  # the line a step's start prints
     overlapped: set[str] = set()  # steps that had company while they ran
-    retried: set[str] = set()
+    retried: set[str] = set()  # re-queued to run alone
+    raised: dict[str, int] = {}  # re-queued once, with this need (bytes)
     waiting_said: set[str] = set()
     if budget:
         for step in steps:
@@ -194,10 +198,13 @@ def run_steps(
         return False
 
     def need_of(step: Step) -> int:
+        if step.name in raised:
+            return raised[step.name]
         return budget.need(step.argv, read_peak(state_dir / f"{slug(step.name)}.json")) if budget else 0
 
     def start(index: int, step: Step, need: int) -> None:
         echo(starting.pop(step.name))
+        overlapped.discard(step.name)  # company counts per run: an earlier run's is not this one's
         if running:
             overlapped.update(other.step.name for other in running.values())
             overlapped.add(step.name)
@@ -236,9 +243,16 @@ def run_steps(
         if budget:
             budget.learn(step.argv, peak)  # an out-of-memory peak too: a lower bound of what the step needs
         if code != 0 and step.name in overlapped and step.name not in retried and _out_of_memory(log):
-            retried.add(step.name)
             kept = log.with_suffix(".oom.log")
             log.replace(kept)
+            if step.name not in raised:  # first time: wait for more room, but keep company
+                raised[step.name] = int(RAISE * max(run.need, peak or 0))
+                ready.insert(0, (run.index, step))
+                starting[step.name] = f"{label}: running again (re-queued after running out of GPU memory) ..."
+                echo(f"{label}: out of GPU memory beside other steps after {seconds:.0f} s; re-queued, now needing "
+                     f"{raised[step.name] / GIB:.1f} GiB (log {kept})")
+                return
+            retried.add(step.name)
             requeued.append((run.index, step))
             starting[step.name] = f"{label}: running alone (re-queued after running out of GPU memory) ..."
             echo(f"{label}: out of GPU memory beside other steps after {seconds:.0f} s; re-queued to run alone "
@@ -248,16 +262,17 @@ def run_steps(
             detail = f"exit {code}" if code else f"finished without writing {step.done}"
             error = _error_line(log)
             reason = f"{step.name} failed ({detail}{': ' + error if error else ''}; log {log})"
-            results[step.name] = StepResult("failed", reason, seconds, log, step.name in retried)
+            results[step.name] = StepResult("failed", reason, seconds, log, step.name in retried or step.name in raised)
             echo(f"{label}: FAILED in {seconds:.0f} s: {reason}")
             return
         record = {"argv": step.argv, "seconds": round(seconds, 1)}
         if peak is not None:
             record["peak_gpu_bytes"] = peak
-        if step.name in retried:
+        again = step.name in retried or step.name in raised
+        if again:
             record["requeued"] = True
         atomic_write_json(state_dir / f"{slug(step.name)}.json", record)
-        results[step.name] = StepResult("ran", "", seconds, log, step.name in retried)
+        results[step.name] = StepResult("ran", "", seconds, log, again)
         ran.add(step.name)
         echo(f"{label}: ok ({seconds:.0f} s)")
 
