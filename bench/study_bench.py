@@ -186,7 +186,7 @@ def run_study(study_args: list[str]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report-only", metavar="DIR", help="report on a finished study folder; run nothing")
-    parser.add_argument("--study-log", metavar="FILE", help="the runner's output lines, when not in DIR/bench/study.out")
+    parser.add_argument("--study-log", metavar="FILE", help="the runner's lines, when not in DIR/bench/study.out")
     parser.add_argument("--per-step", action="store_true", help="also print every step's seconds and peak")
     parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     args, study_args = parser.parse_known_args(argv)

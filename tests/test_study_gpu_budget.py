@@ -17,7 +17,7 @@ from qalign.study.plan import Step
 from qalign.study.runner import add_run_options, run_steps
 
 OOM_LINE = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.70 GiB."
-TRAIN = ["train", "recipes/mine/custom.yaml"]  # not measured, no default of its own: DEFAULT_PEAK_GIB["train"] = 32 -> 36.2 GiB
+TRAIN = ["train", "recipes/mine/custom.yaml"]  # unmeasured, no default of its own: 32 GiB ("train") -> 36.2
 
 
 def _fake(monkeypatch, oom: dict[str, int] | None = None, peak: int | None = None, seconds: float = 0.25):
