@@ -78,3 +78,19 @@ def test_a_skipped_step_dumps_its_micro_batches_and_a_finite_one_forgets_them(tm
     assert first["completion_tokens_kept"] == [2, 0] and first["rows_fully_masked"] == 1
     assert (first["num_items_in_batch"], first["advantages_min"], first["advantages_max"]) == (5.0, -0.5, 0.5)
     assert records == [] and "micro-batches in " in capsys.readouterr().out
+
+
+def test_the_probe_names_the_parameters_whose_gradient_broke_and_keeps_the_rows() -> None:
+    from qalign.grpo.probe import batch_tokens, nonfinite_grads
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    model(torch.ones(4, 3)).sum().backward()
+    assert nonfinite_grads(model) == {"nonfinite_params": 0, "first_nonfinite": []}
+    model[1].weight.grad[0, 0] = float("nan")
+    model[1].bias.grad[0] = float("inf")
+    assert nonfinite_grads(model) == {"nonfinite_params": 2, "first_nonfinite": [
+        {"name": "1.weight", "nan": 1, "inf": 0}, {"name": "1.bias", "nan": 0, "inf": 1}]}
+    assert nonfinite_grads(model, limit=1)["first_nonfinite"] == [{"name": "1.weight", "nan": 1, "inf": 0}]
+    inputs = {"completion_ids": torch.tensor([[5, 6], [7, 2]]), "prompt_ids": torch.arange(60).reshape(2, 30)}
+    rows = batch_tokens(inputs, tail=3)
+    assert rows == {"completion_ids": [[5, 6], [7, 2]], "prompt_tail_ids": [[27, 28, 29], [57, 58, 59]]}

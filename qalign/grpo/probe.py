@@ -32,6 +32,29 @@ def summarize_microbatch(index: int, inputs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def nonfinite_grads(model: Any, limit: int = 12) -> dict[str, Any]:
+    """Which gradients are non-finite (the first `limit` names, with NaN / inf counts): names the layer and the
+    projection (attention q/k/v/o or MLP) where the backward broke."""
+    import torch
+
+    names, total = [], 0
+    for name, param in model.named_parameters():
+        if param.grad is None or bool(torch.isfinite(param.grad).all().item()):
+            continue
+        total += 1
+        if len(names) < limit:
+            grad = param.grad
+            names.append({"name": name, "nan": int(grad.isnan().sum().item()), "inf": int(grad.isinf().sum().item())})
+    return {"nonfinite_params": total, "first_nonfinite": names}
+
+
+def batch_tokens(inputs: dict[str, Any], tail: int = 24) -> dict[str, Any]:
+    """The micro-batch's completion ids and each prompt's last `tail` ids (they end with its question): enough
+    to find the rows again and replay the step."""
+    return {"completion_ids": inputs["completion_ids"].tolist(),
+            "prompt_tail_ids": inputs["prompt_ids"][:, -tail:].tolist()}
+
+
 def grads_finite(model: Any) -> bool:
     """True when every gradient present is finite (one device sync)."""
     import torch

@@ -103,12 +103,16 @@ class QalignGRPOTrainer(GRPOTrainer):
         return logps, entropies
 
     def training_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
-        from qalign.grpo.probe import grads_finite
+        from qalign.grpo.probe import batch_tokens, grads_finite, nonfinite_grads
 
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.step_records:
-            self.step_records[-1]["loss"] = float(loss.item())
-            self.step_records[-1]["grads_finite_after"] = grads_finite(model)
+            record = self.step_records[-1]
+            record["loss"] = float(loss.item())
+            record["grads_finite_after"] = grads_finite(model)
+            if not record["grads_finite_after"] and all(r.get("grads_finite_after", True)
+                                                        for r in self.step_records[:-1]):
+                record |= nonfinite_grads(model) | batch_tokens(inputs)  # the micro-batch that broke it
         return loss
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
