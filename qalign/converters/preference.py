@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,19 +69,25 @@ def build_pairs(
     return pairs, counts
 
 
+def _chosen(candidates: list[tuple[str, float]], answers: list[str], counts: Counter,
+            rank: Callable[[tuple[str, float]], Any]) -> tuple[str, float, str]:
+    """(text, F1, source) of chosen: the candidate (text, F1) lowest by `rank`, the first in sampling order of equal
+    ranks, else the first gold alias (the SFT target); counted."""
+    if candidates:
+        counts["questions_with_correct"] += 1
+        text, f1 = min(candidates, key=rank)
+        return text, f1, "sample"
+    counts["questions_gold_chosen"] += 1
+    return answers[0], f1_score(answers[0], answers), "gold"
+
+
 def _exact_pairs(texts: list[str], answers: list[str], max_pairs: int, margin: float) -> tuple[list[Pair], Counter]:
     """Strategy `em`: the best exact sample (shortest among equal F1) or the gold alias, against every sample at
     least `margin` below it in F1, verbose ones included."""
     counts: Counter = Counter()
     scored = [(text, f1_score(text, answers), exact_match(text, answers) == 1.0) for text in texts]
     exact = [(text, f1) for text, f1, ok in scored if ok]
-    if exact:  # min keeps the first (in sampling order) of equal keys
-        chosen, chosen_f1 = min(exact, key=lambda item: (-item[1], answer_words(item[0])))
-        source = "sample"
-        counts["questions_with_correct"] += 1
-    else:
-        chosen, chosen_f1, source = answers[0], f1_score(answers[0], answers), "gold"
-        counts["questions_gold_chosen"] += 1
+    chosen, chosen_f1, source = _chosen(exact, answers, counts, lambda item: (-item[1], answer_words(item[0])))
     pairs: list[Pair] = []
     seen = {normalize_answer(strip_think(chosen))}
     for text, f1, ok in scored:
@@ -106,13 +113,7 @@ def _correct_pairs(texts: list[str], answers: list[str], strategy: Strategy, thr
     counts: Counter = Counter()
     scored = [(text, f1_score(text, answers), is_correct(text, answers, strategy, threshold)) for text in texts]
     correct = [(text, f1) for text, f1, ok in scored if ok]
-    if correct:
-        chosen, chosen_f1 = max(correct, key=lambda item: item[1])  # max keeps the first of equal F1s
-        source = "sample"
-        counts["questions_with_correct"] += 1
-    else:
-        chosen, chosen_f1, source = answers[0], f1_score(answers[0], answers), "gold"
-        counts["questions_gold_chosen"] += 1
+    chosen, chosen_f1, source = _chosen(correct, answers, counts, lambda item: -item[1])
     pairs: list[Pair] = []
     seen = {normalize_answer(strip_think(chosen))}
     for text, f1, ok in scored:
