@@ -358,3 +358,35 @@ def test_a_skipped_step_names_its_micro_batches_in_output_dir(tiny_qwen3: Path, 
         assert mb["rows_fully_masked"] == sum(n == 0 for n in mb["completion_tokens_kept"])
         assert mb["grads_finite_after"] is True and isinstance(mb["loss"], float)
     assert not (tmp_path / "out/nonfinite_step_2.json").exists()
+
+
+def test_a_gradient_that_breaks_in_the_backward_is_named_with_its_rows(tiny_qwen3: Path, tmp_path: Path) -> None:
+    """A NaN born inside micro-batch 0's backward (as on the H200): the dump names the parameters and keeps the
+    rows' token ids, read from the prepared micro-batch (the trainer's own `inputs` are the raw dataset rows)."""
+    register_all()
+    from llamafactory.train.tuner import run_exp
+    from transformers import TrainerCallback
+
+    class NaNInFirstBackward(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 0:
+                param = next(p for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n)
+                self.handle = param.register_hook(lambda grad: grad * float("nan"))
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            if getattr(self, "handle", None) is not None:
+                self.handle.remove()
+                self.handle = None
+
+    _write_dataset(tmp_path)
+    run_exp({**_lf_args(tiny_qwen3, tmp_path, max_steps=2, per_device_train_batch_size=4,
+                        gradient_accumulation_steps=2, num_generations=4, max_completion_length=6,
+                        save_strategy="no"), "finetuning_type": "lora"}, callbacks=[NaNInFirstBackward()])
+    dump = json.loads((tmp_path / "out/nonfinite_step_1.json").read_text())
+    assert dump["first_micro_batch_with_nonfinite_grad"] == 0
+    first = dump["micro_batches"][0]
+    assert first["grads_finite_after"] is False and first["nonfinite_params"] >= 1
+    assert "lora_B" in first["first_nonfinite"][0]["name"] and first["first_nonfinite"][0]["nan"] > 0
+    assert len(first["completion_ids"]) == 4 and len(first["prompt_tail_ids"]) == 4
+    assert "completion_ids" not in dump["micro_batches"][1]  # only the micro-batch where it broke
+    assert not (tmp_path / "out/nonfinite_step_2.json").exists()
