@@ -21,13 +21,15 @@ RECIPE = str(REPO / "recipes/smollm2-135m/grpo.yaml")
 CAPITALS = [("france", "paris"), ("japan", "tokyo"), ("italy", "rome"), ("spain", "madrid"), ("peru", "lima")]
 
 
-def _write_dataset(folder: Path, name: str = "t_grpo", n: int = 16) -> None:
-    """An eval-style GRPO set (prompt + every alias) registered in folder/dataset_info.json."""
+def _write_dataset(folder: Path, name: str = "t_grpo", n: int = 16, answers: list[str] | None = None) -> None:
+    """An eval-style GRPO set (prompt + every alias) registered in folder/dataset_info.json; `answers` replaces the
+    golds (e.g. ["e"]: about half of the tiny random model's 8-token completions contain an "e", so SubEM varies)."""
     rows = []
     for i in range(n):
         country, city = CAPITALS[i % len(CAPITALS)]
         question = f"what is the capital of {country} ({i})"
-        rows.append({"id": f"q{i}", "question": question, "input": "", "output": city, "answers": [city, city.title()],
+        rows.append({"id": f"q{i}", "question": question, "input": "", "output": city,
+                     "answers": answers or [city, city.title()],
                      "instruction": f"Answer with the short answer.\n\nPassage 1 ({country}): {city} is the capital "
                                     f"of {country}.\n\nQuestion: {question}\nShort answer:"})
     (folder / "data").mkdir(parents=True, exist_ok=True)
@@ -200,10 +202,12 @@ def test_training_args_map_into_grpo_config(tiny_qwen3: Path, tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_grpo_trains_through_qalign_train(tiny_qwen3: Path, tmp_path: Path) -> None:
-    _write_dataset(tmp_path)
+    _write_dataset(tmp_path, answers=["e"])  # a gold the random model earns: rewards vary within a group
     result = _run([*QALIGN, "train", RECIPE, *_tiny(tiny_qwen3, "out/grpo"), "max_steps=3", "num_generations=4",
-                   "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "max_completion_length=40",
-                   "learning_rate=1e-2", "reward_funcs=subem,format"], cwd=tmp_path)
+                   "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "max_completion_length=8",
+                   "learning_rate=1e-2", "reward_funcs=subem,format",
+                   # the recipe masks truncated completions; the random model never ends one, so nothing would teach
+                   "mask_truncated_completions=false"], cwd=tmp_path)
     out = tmp_path / "out/grpo"
     log = [json.loads(line) for line in (out / "trainer_log.jsonl").open()]
     rewards = [row["reward"] for row in log if "reward" in row]
