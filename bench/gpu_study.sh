@@ -23,7 +23,7 @@ chain() {
   date +%s > logs/chain.start
   $QALIGN sweep "$sweep_file" > logs/sweep.log 2>&1 &
   local sweep=$!
-  $QALIGN study "$study_file" --methods sft > logs/first.log 2>&1 &
+  $QALIGN study "$study_file" --methods sft > logs/first.log 2>&1 &  # each runner sees the other's processes on the GPU
   local first=$!
   wait $sweep; echo "sweep exit $?" >> logs/chain.log; date +%s > logs/sweep.end
   wait $first; echo "first exit $?" >> logs/chain.log

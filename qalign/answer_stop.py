@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from qalign.text import extract_answer
+
 CLOSE = "</think>"
 
 
@@ -45,7 +47,11 @@ class AnswerStop:
         else:
             after += piece
         self.after[row] = after
-        return "\n" in after.lstrip()  # an answer, then the end of its line
+        body = after.lstrip()
+        if "\n" not in body:
+            return False
+        # an answer, then the end of its line; `The answer is:` alone on its line is not an answer yet
+        return extract_answer(CLOSE + body.rsplit("\n", 1)[0]) is not None
 
 
 def answer_stop(tokenizer: Any) -> Callable[[int], AnswerStop]:

@@ -39,6 +39,7 @@ from types import ModuleType
 from typing import Any, Literal, get_args, get_type_hints
 
 from qalign.errors import QalignError
+from qalign.health import PREFERENCE_LOSS  # the logged key: one name for the patch and the health rule
 
 TESTED_LLAMAFACTORY = "0.9.5"
 ALLOW_UNTESTED = "QALIGN_ALLOW_UNTESTED_LLAMAFACTORY"
@@ -48,7 +49,6 @@ WORKER = "-m qalign.worker"
 # pref_loss values of LLaMA-Factory's Literal that run what they name: TRL 0.24's dpo_loss, LLaMA-Factory's own
 TRL_DPO_LOSSES = ("sigmoid", "hinge", "ipo")
 LF_PREF_LOSSES = ("orpo", "simpo")
-PREFERENCE_LOSS = "preference_loss"  # logged key: the preference term of the loss, without pref_ftx's SFT term
 _PENDING: dict[str, list[Callable[[ModuleType], None]]] = {}
 _registered = False
 

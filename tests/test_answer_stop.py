@@ -71,3 +71,14 @@ def test_the_engine_stops_cot_rows_early_with_the_same_prefix(tiny_qwen3: Path) 
         assert whole[:len(kept)] == kept  # the same text, cut short
     assert len([t for t in stopped[0] if t != eos]) < len([t for t in full[0] if t != eos])
     assert stopped[1] == full[1] and len(full[1]) == 40  # no closed think block: it runs to max_new_tokens
+
+
+def test_a_marker_alone_on_its_line_waits_for_the_answer_line() -> None:
+    from qalign.answer_stop import AnswerStop
+
+    pieces = ["<think>", "the passage says paris", "</think>", "\n\n", "The answer is:", "\n", "Paris", "\n"]
+    stop = AnswerStop(lambda token: pieces[token], rows=1)
+    states = [stop._feed(0, piece) for piece in pieces]
+    assert states == [False] * 7 + [True]  # not at the marker's newline: at the end of the answer's line
+    same_line = AnswerStop(lambda token: token, rows=1)
+    assert [same_line._feed(0, p) for p in ("</think>", "The answer is: Paris", "\n")] == [False, False, True]

@@ -21,13 +21,15 @@ RECIPE = str(REPO / "recipes/smollm2-135m/grpo.yaml")
 CAPITALS = [("france", "paris"), ("japan", "tokyo"), ("italy", "rome"), ("spain", "madrid"), ("peru", "lima")]
 
 
-def _write_dataset(folder: Path, name: str = "t_grpo", n: int = 16) -> None:
-    """An eval-style GRPO set (prompt + every alias) registered in folder/dataset_info.json."""
+def _write_dataset(folder: Path, name: str = "t_grpo", n: int = 16, answers: list[str] | None = None) -> None:
+    """An eval-style GRPO set (prompt + every alias) registered in folder/dataset_info.json; `answers` replaces the
+    golds (e.g. ["e"]: about half of the tiny random model's 8-token completions contain an "e", so SubEM varies)."""
     rows = []
     for i in range(n):
         country, city = CAPITALS[i % len(CAPITALS)]
         question = f"what is the capital of {country} ({i})"
-        rows.append({"id": f"q{i}", "question": question, "input": "", "output": city, "answers": [city, city.title()],
+        rows.append({"id": f"q{i}", "question": question, "input": "", "output": city,
+                     "answers": answers or [city, city.title()],
                      "instruction": f"Answer with the short answer.\n\nPassage 1 ({country}): {city} is the capital "
                                     f"of {country}.\n\nQuestion: {question}\nShort answer:"})
     (folder / "data").mkdir(parents=True, exist_ok=True)
@@ -200,10 +202,12 @@ def test_training_args_map_into_grpo_config(tiny_qwen3: Path, tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_grpo_trains_through_qalign_train(tiny_qwen3: Path, tmp_path: Path) -> None:
-    _write_dataset(tmp_path)
+    _write_dataset(tmp_path, answers=["e"])  # a gold the random model earns: rewards vary within a group
     result = _run([*QALIGN, "train", RECIPE, *_tiny(tiny_qwen3, "out/grpo"), "max_steps=3", "num_generations=4",
-                   "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "max_completion_length=40",
-                   "learning_rate=1e-2", "reward_funcs=subem,format"], cwd=tmp_path)
+                   "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "max_completion_length=8",
+                   "learning_rate=1e-2", "reward_funcs=subem,format",
+                   # the recipe masks truncated completions; the random model never ends one, so nothing would teach
+                   "mask_truncated_completions=false"], cwd=tmp_path)
     out = tmp_path / "out/grpo"
     log = [json.loads(line) for line in (out / "trainer_log.jsonl").open()]
     rewards = [row["reward"] for row in log if "reward" in row]
@@ -357,4 +361,36 @@ def test_a_skipped_step_names_its_micro_batches_in_output_dir(tiny_qwen3: Path, 
         assert mb["rows"] == 4 and len(mb["completion_tokens_kept"]) == 4 and mb["logps_nonfinite"] == 0
         assert mb["rows_fully_masked"] == sum(n == 0 for n in mb["completion_tokens_kept"])
         assert mb["grads_finite_after"] is True and isinstance(mb["loss"], float)
+    assert not (tmp_path / "out/nonfinite_step_2.json").exists()
+
+
+def test_a_gradient_that_breaks_in_the_backward_is_named_with_its_rows(tiny_qwen3: Path, tmp_path: Path) -> None:
+    """A NaN born inside micro-batch 0's backward (as on the H200): the dump names the parameters and keeps the
+    rows' token ids, read from the prepared micro-batch (the trainer's own `inputs` are the raw dataset rows)."""
+    register_all()
+    from llamafactory.train.tuner import run_exp
+    from transformers import TrainerCallback
+
+    class NaNInFirstBackward(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 0:
+                param = next(p for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n)
+                self.handle = param.register_hook(lambda grad: grad * float("nan"))
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            if getattr(self, "handle", None) is not None:
+                self.handle.remove()
+                self.handle = None
+
+    _write_dataset(tmp_path)
+    run_exp({**_lf_args(tiny_qwen3, tmp_path, max_steps=2, per_device_train_batch_size=4,
+                        gradient_accumulation_steps=2, num_generations=4, max_completion_length=6,
+                        save_strategy="no"), "finetuning_type": "lora"}, callbacks=[NaNInFirstBackward()])
+    dump = json.loads((tmp_path / "out/nonfinite_step_1.json").read_text())
+    assert dump["first_micro_batch_with_nonfinite_grad"] == 0
+    first = dump["micro_batches"][0]
+    assert first["grads_finite_after"] is False and first["nonfinite_params"] >= 1
+    assert "lora_B" in first["first_nonfinite"][0]["name"] and first["first_nonfinite"][0]["nan"] > 0
+    assert len(first["completion_ids"]) == 4 and len(first["prompt_tail_ids"]) == 4
+    assert "completion_ids" not in dump["micro_batches"][1]  # only the micro-batch where it broke
     assert not (tmp_path / "out/nonfinite_step_2.json").exists()

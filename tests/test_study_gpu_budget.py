@@ -169,3 +169,34 @@ def test_a_qalign_process_writes_its_peak_at_exit(tmp_path: Path) -> None:
     peak.write_text('{"peak_gpu_bytes": 99}')  # stale: removed before the run
     code = run_in_subprocess(["eval", "--help"], tmp_path / "log.txt", peak_file=peak)
     assert code == 0 and json.loads(peak.read_text()) == {"peak_gpu_bytes": 0}  # no CUDA used
+
+
+def test_an_out_of_memory_beside_another_runners_processes_is_requeued_too(monkeypatch, tmp_path: Path) -> None:
+    """Our runner ran the step alone, but the GPU had other processes (a second study, someone's job): company."""
+    spans = _fake(monkeypatch, oom={"b": 1}, seconds=0.05)
+    steps = [Step("a", TRAIN, tmp_path / "done" / "a"), Step("b", TRAIN, tmp_path / "done" / "b", needs=("a",))]
+    lines: list[str] = []
+    results = run_steps(steps, tmp_path / "out", jobs="auto", echo=lines.append, poll=0.02,
+                        gpu=GpuBudget(free=lambda: 100 * GIB, slots=2, busy=lambda: True))
+    assert (results["b"].state, results["b"].requeued, len(spans["b"])) == ("ran", True, 2)
+    assert any(line.startswith("[2/2] b: out of GPU memory beside other steps") for line in lines)
+    _fake(monkeypatch, oom={"b": 1}, seconds=0.05)  # a quiet GPU: alone means alone, and the OOM is a failure
+    steps = [Step(step.name, TRAIN, tmp_path / "quiet-done" / step.name, step.needs) for step in steps]
+    results = run_steps(steps, tmp_path / "quiet", jobs="auto", echo=lambda _: None, poll=0.02,
+                        gpu=GpuBudget(free=lambda: 100 * GIB, slots=2, busy=lambda: False))
+    assert (results["b"].state, results["b"].requeued) == ("failed", False)
+
+
+def test_a_recovered_engine_oom_does_not_make_a_later_failure_an_oom(monkeypatch, tmp_path: Path) -> None:
+    def execute(step: Step, log: Path) -> int:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("engine: CUDA out of memory at 512 rows; split the batch and went on\n"
+                       "ValueError: dataset nope not registered\n")
+        return 1
+
+    monkeypatch.setattr(runner, "_execute", execute)
+    steps = [Step("a", TRAIN, tmp_path / "done" / "a")]
+    results = run_steps(steps, tmp_path / "out", jobs="auto", echo=lambda _: None, poll=0.02,
+                        gpu=GpuBudget(free=lambda: 100 * GIB, slots=2, busy=lambda: True))
+    assert (results["a"].state, results["a"].requeued) == ("failed", False)
+    assert "dataset nope not registered" in results["a"].reason

@@ -42,6 +42,7 @@ from qalign.converters.sampling import (
     check_margin,
     is_correct,
     mean_words,
+    near,
     sample_questions,
 )
 from qalign.evaluators.metrics import f1_score, normalize_answer, strip_think, substring_exact_match
@@ -51,7 +52,6 @@ DESIRABLE_POLICIES = ("samples", "gold", "both", "fallback")
 KTO_COLUMNS = {**ALPACA_COLUMNS, "kto_tag": "kto_tag"}
 _RUN = 4  # repetitions in a row that make an answer degenerate
 _LONG, _MIN_DISTINCT = 16, 0.3
-_EPS = 1e-9  # F1s are ratios of small integers: a difference equal to the margin must count as reaching it
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def label_examples(texts: list[str], answers: list[str], *, strategy: Strategy =
     bad = [e for e in scored if not e.desirable]
     if strategy == "em":
         best = max((e.f1 for e in good), default=gold.f1)
-        bad = [replace(e, near=e.f1 > best - check_margin(margin) + _EPS) for e in bad]
+        bad = [replace(e, near=near(e.f1, best, check_margin(margin))) for e in bad]
     return good + bad
 
 

@@ -32,11 +32,11 @@ from qalign.converters.sampling import (
     check_margin,
     is_correct,
     mean_words,
+    near,
     sample_questions,
 )
 from qalign.evaluators.metrics import exact_match, f1_score, normalize_answer, strip_think, substring_exact_match
 
-_EPS = 1e-9  # F1s are ratios of small integers: a difference equal to the margin must count as reaching it
 RANKING_COLUMNS = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
 
 
@@ -98,7 +98,7 @@ def _exact_pairs(texts: list[str], answers: list[str], max_pairs: int, margin: f
             counts["dropped_duplicate"] += 1
             continue
         seen.add(key)
-        if f1 > chosen_f1 - margin + _EPS:
+        if near(f1, chosen_f1, margin):
             counts["dropped_near_chosen"] += 1  # too close to chosen (or better) to be a clear negative
         elif len(pairs) >= max_pairs:
             counts["dropped_over_cap"] += 1

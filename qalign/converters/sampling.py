@@ -29,13 +29,13 @@ from qalign.errors import QalignError
 from qalign.evaluators.metrics import (
     exact_match,
     f1_score,
-    normalize_answer,
     score_all,
-    strip_think,
     substring_exact_match,
 )
 from qalign.paths import jsonl_file
 from qalign.records import LoadStats
+from qalign.text import answer_words as extracted_words
+from qalign.text import extract_answer
 
 Strategy = Literal["em", "subem", "f1"]
 STRATEGIES = ("em", "subem", "f1")
@@ -97,8 +97,16 @@ def check_margin(margin: float) -> float:
 
 
 def answer_words(text: str) -> int:
-    """Length of an answer in normalised words: the tokens F1 counts (`<think>` dropped, no articles)."""
-    return len(normalize_answer(strip_think(text)).split())
+    """Length of a sample's answer in normalised words: the tokens F1 counts (`<think>` dropped, no articles)."""
+    return extracted_words(extract_answer(text))
+
+
+_EPS = 1e-9  # F1s are ratios of small integers: a difference equal to the margin must count as reaching it
+
+
+def near(f1: float, best: float, margin: float) -> bool:
+    """Whether a sample's `f1` lies within `margin` of the chosen one's `best`: too close to be a clear negative."""
+    return f1 > best - margin + _EPS
 
 
 def mean_words(total: int, count: int) -> float | None:

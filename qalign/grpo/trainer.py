@@ -94,6 +94,7 @@ class QalignGRPOTrainer(GRPOTrainer):
         inputs = super()._prepare_inputs(generation_batch)
         if self.model.training:
             self.step_records.append(summarize_microbatch(len(self.step_records), inputs))
+            self._prepared = inputs  # training_step's own `inputs` are the raw rows; the probe needs these
         return inputs
 
     def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
@@ -112,7 +113,7 @@ class QalignGRPOTrainer(GRPOTrainer):
             record["grads_finite_after"] = grads_finite(model)
             if not record["grads_finite_after"] and all(r.get("grads_finite_after", True)
                                                         for r in self.step_records[:-1]):
-                record |= nonfinite_grads(model) | batch_tokens(inputs)  # the micro-batch that broke it
+                record |= nonfinite_grads(model) | batch_tokens(self._prepared)  # the micro-batch that broke it
         return loss
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:

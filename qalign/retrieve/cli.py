@@ -64,8 +64,8 @@ def run_retrieve(corpus: str, source: str, output: str, top_k: int, index_dir: s
                "passages": len(index), "questions": len(rows), "top_k": top_k, "title_weight": title_weight,
                "recall": recall_at(rows), "unmatched_questions": unmatched,
                "questions_per_second": round(len(rows) / max(seconds, 1e-9), 1)}
+    atomic_write_json(recall_file(output), summary)  # first: the output is the study step's done-marker
     atomic_write_jsonl(output, rows)
-    atomic_write_json(recall_file(output), summary)
     for note in notes:
         echo(f"note: {note}")
     if unmatched:

@@ -20,7 +20,8 @@ GIB = 1 << 30
 # SmolLM2-135M study-nq.yaml / sweep-nq.yaml steps on an H200 (2026-12-04, bench/RESULTS.md), rounded up; the
 # caching allocator keeps what it took, so these are reserved bytes, not what the step strictly needs
 DEFAULT_PEAK_GIB = {"train": 32.0, "train dpo": 53.0, "train kto": 37.0, "train orpo": 37.0, "train grpo": 29.0,
-                    "train sft": 31.0, "predict": 21.0, "mine": 36.0, "teach": 36.0, "convert": 0.0, "eval": 0.0}
+                    "train sft": 31.0, "predict": 21.0, "mine": 36.0, "teach": 36.0, "convert": 0.0, "eval": 0.0,
+                    "retrieve": 0.0, "report": 0.0}
 MARGIN = 0.10  # of the peak, plus the CUDA context that max_memory_reserved does not count
 CONTEXT_BYTES = GIB
 MINING_FORMATS = ("preference", "kto")  # the converters that sample from the model
@@ -67,6 +68,18 @@ def nvidia_smi_free() -> int | None:
         return None
 
 
+def nvidia_smi_busy() -> bool:
+    """Whether some process computes on the first visible GPU now: another runner's steps or someone else's job
+    (asked after a step died, so the step itself is gone)."""
+    gpu = _first_visible_gpu()
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader", "-i", gpu],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(out.strip())
+
+
 def cpu_slots() -> int:
     """The most steps side by side under --jobs auto: one per CPU core this process may use."""
     try:
@@ -78,8 +91,9 @@ def cpu_slots() -> int:
 class GpuBudget:
     """Which ready step may start now, from free memory and the needs of the steps already running."""
 
-    def __init__(self, free: Callable[[], int | None] = nvidia_smi_free, slots: int | None = None) -> None:
-        self.free, self.slots = free, slots or cpu_slots()
+    def __init__(self, free: Callable[[], int | None] = nvidia_smi_free, slots: int | None = None,
+                 busy: Callable[[], bool] = nvidia_smi_busy) -> None:
+        self.free, self.slots, self.busy = free, slots or cpu_slots(), busy
         self.measured: dict[str, int] = {}  # peak_key -> largest peak seen (records and this run)
         self.baseline: int | None = None  # free memory when none of our steps ran
         self.last_room: int | None = None  # what the last `fits` found free (for the runner's waiting line)

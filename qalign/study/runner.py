@@ -114,10 +114,9 @@ def _peak_file(log: Path) -> Path:
 
 
 def _out_of_memory(log: Path) -> bool:
-    try:
-        return bool(_OOM.search(log.read_text(encoding="utf-8", errors="replace")))
-    except OSError:
-        return False
+    """Whether the step died of running out of GPU memory: its last error line, not any line (the engine logs a
+    batch it split after an OOM and went on)."""
+    return bool(_OOM.search(_error_line(log)))
 
 
 def _execute(step: Step, log: Path) -> int:
@@ -193,7 +192,9 @@ def run_steps(
             ran.add(step.name)  # its dependents would run again too
             echo(f"{label}: would run {command_line(step)}")
             return True
-        why = "" if force or not step.done.exists() else " (inputs changed)" if fresh_inputs else " (command changed)"
+        why = ("" if force or not step.done.exists() else " (inputs changed)" if fresh_inputs
+               else " (command changed)" if recorded not in (None, step.argv)
+               else " (its registry entry does not describe the file)")
         starting[step.name] = f"{label}: running{why} ..."  # printed when it starts (it may wait for memory)
         return False
 
@@ -242,7 +243,8 @@ def run_steps(
         _peak_file(log).unlink(missing_ok=True)
         if budget:
             budget.learn(step.argv, peak)  # an out-of-memory peak too: a lower bound of what the step needs
-        if code != 0 and step.name in overlapped and step.name not in retried and _out_of_memory(log):
+        company = step.name in overlapped or (budget is not None and budget.busy())  # ours, or others' processes
+        if code != 0 and company and step.name not in retried and _out_of_memory(log):
             kept = log.with_suffix(".oom.log")
             log.replace(kept)
             if step.name not in raised:  # first time: wait for more room, but keep company

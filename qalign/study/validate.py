@@ -70,10 +70,10 @@ def _key_problems(where: str, values: dict[str, Any], fields: dict[str, Any]) ->
 
 
 def _llamafactory_problems(cfg: StudyConfig) -> list[str]:
-    from qalign.train_args import grpo_fields, llamafactory_fields
+    from qalign.train_fields import train_fields
 
-    fields = llamafactory_fields()
-    grpo = {**fields, **grpo_fields()}
+    fields, grpo_only = train_fields()  # cached per stack: no LLaMA-Factory import once a train has run
+    grpo = {**fields, **grpo_only}
     problems = _key_problems("train_args", cfg.train_args, fields)
     from qalign.predict import ENGINE_FIELDS
 
