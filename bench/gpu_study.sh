@@ -8,6 +8,7 @@
 # step that still runs out of memory is re-queued and run alone.
 # On the GPU machine, after `bash bench/gpu_setup.sh` (the wheels, SmolLM2 and .nq/ in place):
 #   bash bench/gpu_study.sh start            # copies the checkout to /tmp/q and starts the job (setsid)
+#   BEST=docs/sweep-nq-top5-em/best.yaml bash bench/gpu_study.sh start   # the study only, with an earlier sweep's choice
 #   bash bench/gpu_study.sh watch SECONDS    # waits until the job ends or SECONDS pass, then copies the reports
 #                                            # (adapters left out) and the logs to $OUT
 # The machine goes back ~30 s after a call ends, background job and all: call `watch` again at once, every time.
@@ -21,13 +22,15 @@ chain() {
   export OMP_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false  # a dozen processes share 16 cores
   mkdir -p logs
   date +%s > logs/chain.start
-  $QALIGN sweep "$sweep_file" > logs/sweep.log 2>&1 &
-  local sweep=$!
-  $QALIGN study "$study_file" --methods sft > logs/first.log 2>&1 &  # each runner sees the other's processes on the GPU
-  local first=$!
-  wait $sweep; echo "sweep exit $?" >> logs/chain.log; date +%s > logs/sweep.end
-  wait $first; echo "first exit $?" >> logs/chain.log
-  local best=reports/nq-top5-sweep/best.yaml chosen=()
+  local best=${BEST:-reports/nq-top5-sweep/best.yaml} chosen=()
+  if [ -z "${BEST:-}" ]; then  # BEST=FILE (an earlier sweep's best.yaml): no sweep, the study at once
+    $QALIGN sweep "$sweep_file" > logs/sweep.log 2>&1 &
+    local sweep=$!
+    $QALIGN study "$study_file" --methods sft > logs/first.log 2>&1 &  # the runners see each other's GPU processes
+    local first=$!
+    wait $sweep; echo "sweep exit $?" >> logs/chain.log; date +%s > logs/sweep.end
+    wait $first; echo "first exit $?" >> logs/chain.log
+  fi
   [ -f "$best" ] && chosen=(--overrides "$best")  # a sweep that wrote nothing leaves the study file's values
   $QALIGN study "$study_file" "${chosen[@]}" > logs/study.log 2>&1
   echo "study exit $?" >> logs/chain.log
