@@ -214,6 +214,9 @@ def test_grpo_trains_through_qalign_train(tiny_qwen3: Path, tmp_path: Path) -> N
     assert len(rewards) == 3 and all(0.0 <= r <= 2.0 for r in rewards)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert {"rewards/subem/mean", "rewards/format_reward/mean", "reward_std"} <= set(history[0])
+    # where each step's seconds went: the generate call lies inside the rollout, each part took some time
+    timing = history[0]
+    assert 0 < timing["timing/generate_s"] <= timing["timing/rollout_s"] and timing["timing/learn_s"] > 0, timing
     assert (out / "training_reward.png").exists()
     # the prompt TRL sampled from is LLaMA-Factory's qwen3_nothink rendering, as in SFT/predict
     assert "<|im_start|>user\nAnswer with the short answer." in result.stdout + result.stderr

@@ -168,7 +168,7 @@ def test_a_qalign_process_writes_its_peak_at_exit(tmp_path: Path) -> None:
     peak = tmp_path / "peak.json"
     peak.write_text('{"peak_gpu_bytes": 99}')  # stale: removed before the run
     code = run_in_subprocess(["eval", "--help"], tmp_path / "log.txt", peak_file=peak)
-    assert code == 0 and json.loads(peak.read_text()) == {"peak_gpu_bytes": 0}  # no CUDA used
+    assert code == 0 and json.loads(peak.read_text()) == {"peak_gpu_bytes": 0, "peak_allocated_bytes": 0}  # no CUDA
 
 
 def test_an_out_of_memory_beside_another_runners_processes_is_requeued_too(monkeypatch, tmp_path: Path) -> None:
@@ -200,3 +200,19 @@ def test_a_recovered_engine_oom_does_not_make_a_later_failure_an_oom(monkeypatch
                         gpu=GpuBudget(free=lambda: 100 * GIB, slots=2, busy=lambda: True))
     assert (results["a"].state, results["a"].requeued) == ("failed", False)
     assert "dataset nope not registered" in results["a"].reason
+
+
+def test_steps_get_expandable_segments_unless_the_user_chose(monkeypatch, tmp_path: Path) -> None:
+    """Reserved memory (what the budget reads) stays near what a step uses; a user's allocator setting wins."""
+    import subprocess
+
+    from qalign import procs
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, env=None, **k: seen.append(env.get("PYTORCH_CUDA_ALLOC_CONF"))
+                        or subprocess.CompletedProcess(a, 0))
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    procs.run_in_subprocess(["eval", "--help"], tmp_path / "a.log")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    procs.run_in_subprocess(["eval", "--help"], tmp_path / "b.log")
+    assert seen == ["expandable_segments:True", "max_split_size_mb:128"]

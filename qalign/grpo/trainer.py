@@ -3,13 +3,17 @@
 `QalignGRPOTrainer` is TRL's GRPOTrainer with LLaMA-Factory's `create_custom_optimizer` / `create_custom_scheduler`
 (as its DPO/KTO trainers use them), so LoRA+, GaLore, APOLLO, Adam-mini, Muon and the warmup-stable-decay schedule in
 a recipe take effect; it also records a small summary of each micro-batch of a step (qalign/grpo/probe.py) for the
-non-finite gradient guard to dump when it skips that step. `stage_callbacks` adds the callbacks LLaMA-Factory's
+non-finite gradient guard to dump when it skips that step, and logs where a step's seconds go (`timing/*`: the
+rollouts' generate call, the whole rollout with rewards and advantages, the learning passes). `stage_callbacks` adds the callbacks LLaMA-Factory's
 `tuner._training_function` adds (log, PiSSA conversion, SwanLab, profilers, reporter). `check_supported` refuses
 what the stage cannot honour.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from trl import GRPOTrainer
@@ -83,10 +87,39 @@ class QalignGRPOTrainer(GRPOTrainer):
 
         self.finetuning_args = finetuning_args
         self.step_records: list[dict[str, Any]] = []  # this optimizer step's micro-batches; the guard clears it
+        self._timing_seconds: dict[str, float] = {}  # running totals of `_timed` blocks
         super().__init__(**kwargs)
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, NonFiniteGradientGuard):
                 callback.attach(self.step_records, self.args.output_dir)
+
+    @staticmethod
+    def _clock() -> float:
+        """perf_counter once the GPU's queued work has finished (timings of asynchronous kernels lie otherwise)."""
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    @contextmanager
+    def _timed(self, key: str) -> Iterator[None]:
+        """Seconds of the block, appended to the `timing/KEY` metric (TRL averages it per logged step)."""
+        started = self._clock()
+        try:
+            yield
+        finally:
+            seconds = self._clock() - started
+            self._timing_seconds[key] = self._timing_seconds.get(key, 0.0) + seconds
+            self._metrics["train" if self.model.training else "eval"][f"timing/{key}"].append(seconds)
+
+    def _generate(self, prompts: list[str], images: Any) -> Any:
+        with self._timed("generate_s"):  # TRL 0.24: the rollouts' generate call (transformers or vLLM)
+            return super()._generate(prompts, images)
+
+    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        with self._timed("rollout_s"):  # generate + rewards + advantages (+ old/ref log-probs when needed)
+            return super()._generate_and_score_completions(inputs)
 
     def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
         from qalign.grpo.probe import summarize_microbatch
@@ -106,7 +139,11 @@ class QalignGRPOTrainer(GRPOTrainer):
     def training_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         from qalign.grpo.probe import batch_tokens, grads_finite, nonfinite_grads
 
+        started, rollout_before = self._clock(), self._timing_seconds.get("rollout_s", 0.0)
         loss = super().training_step(model, inputs, num_items_in_batch)
+        # this micro-batch's forward + backward: the rollout that its first micro-batch triggers left out
+        rollout = self._timing_seconds.get("rollout_s", 0.0) - rollout_before
+        self._metrics["train"]["timing/learn_s"].append(self._clock() - started - rollout)
         if self.step_records:
             record = self.step_records[-1]
             record["loss"] = float(loss.item())

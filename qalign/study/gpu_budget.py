@@ -41,10 +41,11 @@ def peak_key(argv: list[str]) -> str:
     return f"train {Path(argv[1]).stem}" if kind == "train" and len(argv) > 1 else kind
 
 
-def read_peak(path: Path) -> int | None:
-    """`peak_gpu_bytes` of a step record or a peak file; None when absent or unreadable."""
+def read_peak(path: Path, key: str = "peak_gpu_bytes") -> int | None:
+    """`peak_gpu_bytes` (reserved; or `peak_allocated_bytes`) of a step record or a peak file; None when absent or
+    unreadable."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("peak_gpu_bytes")
+        value = json.loads(path.read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

@@ -13,7 +13,8 @@ log kept as `*.oom.log`: the first time with its need raised to RAISE x the larg
 reached (`... re-queued, now needing X GiB`), so it waits until that much is free but keeps company (on an H200 two
 GRPO runs re-queued to run alone serialised the rest of a study for 7 minutes); the second time to run alone, once
 nothing else runs and with no other step started beside it. Running out of memory alone is a failure.
-Each step's record (OUTPUT/steps/NAME.json) keeps its seconds and its process's peak GPU memory (`peak_gpu_bytes`).
+Each step's record (OUTPUT/steps/NAME.json) keeps its seconds and its process's peak GPU memory (`peak_gpu_bytes`,
+reserved; `peak_allocated_bytes`, what its tensors used).
 """
 
 from __future__ import annotations
@@ -240,6 +241,7 @@ def run_steps(
         label = f"[{run.index}/{total}] {step.name}"
         seconds = time.time() - run.start
         peak = read_peak(_peak_file(log))
+        allocated = read_peak(_peak_file(log), "peak_allocated_bytes")  # recorded beside it: what tensors used
         _peak_file(log).unlink(missing_ok=True)
         if budget:
             budget.learn(step.argv, peak)  # an out-of-memory peak too: a lower bound of what the step needs
@@ -270,6 +272,8 @@ def run_steps(
         record = {"argv": step.argv, "seconds": round(seconds, 1)}
         if peak is not None:
             record["peak_gpu_bytes"] = peak
+        if allocated is not None:
+            record["peak_allocated_bytes"] = allocated
         again = step.name in retried or step.name in raised
         if again:
             record["requeued"] = True
