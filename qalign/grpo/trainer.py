@@ -4,9 +4,9 @@
 (as its DPO/KTO trainers use them), so LoRA+, GaLore, APOLLO, Adam-mini, Muon and the warmup-stable-decay schedule in
 a recipe take effect; it also records a small summary of each micro-batch of a step (qalign/grpo/probe.py) for the
 non-finite gradient guard to dump when it skips that step, and logs where a step's seconds go (`timing/*`: the
-rollouts' generate call, the whole rollout with rewards and advantages, the learning passes). `stage_callbacks` adds the callbacks LLaMA-Factory's
-`tuner._training_function` adds (log, PiSSA conversion, SwanLab, profilers, reporter). `check_supported` refuses
-what the stage cannot honour.
+rollouts' generate call, the whole rollout with rewards and advantages, the learning passes). `stage_callbacks`
+adds the callbacks LLaMA-Factory's `tuner._training_function` adds (log, PiSSA conversion, SwanLab, profilers,
+reporter). `check_supported` refuses what the stage cannot honour.
 """
 
 from __future__ import annotations
