@@ -9,6 +9,7 @@
 # On the GPU machine, after `bash bench/gpu_setup.sh` (the wheels, SmolLM2 and .nq/ in place):
 #   bash bench/gpu_study.sh start            # copies the checkout to /tmp/q and starts the job (setsid)
 #   BEST=docs/sweep-nq-top5-em/best.yaml bash bench/gpu_study.sh start   # the study only, with an earlier sweep's choice
+#   METHODS="sft dpo kto grpo" BEST=... bash bench/gpu_study.sh start   # ... and only these rows (base always runs)
 #   bash bench/gpu_study.sh watch SECONDS    # waits until the job ends or SECONDS pass, then copies the reports
 #                                            # (adapters left out) and the logs to $OUT
 # The machine goes back ~30 s after a call ends, background job and all: call `watch` again at once, every time.
@@ -32,7 +33,9 @@ chain() {
     wait $first; echo "first exit $?" >> logs/chain.log
   fi
   [ -f "$best" ] && chosen=(--overrides "$best")  # a sweep that wrote nothing leaves the study file's values
-  $QALIGN study "$study_file" "${chosen[@]}" > logs/study.log 2>&1
+  local rows=()
+  [ -n "${METHODS:-}" ] && read -r -a rows <<< "--methods $METHODS"
+  $QALIGN study "$study_file" "${chosen[@]}" "${rows[@]}" > logs/study.log 2>&1
   echo "study exit $?" >> logs/chain.log
   date +%s > logs/chain.end
   for pair in sweep:reports/nq-top5-sweep study:reports/nq-top5-3seeds; do
