@@ -93,6 +93,22 @@ def _used_by(cfg: StudyConfig, step: Step, *users: str) -> Step:
     return step
 
 
+def mining_options(mining_args: dict[str, Any]) -> list[str]:
+    """The `mining_args` that `qalign convert preference|kto` takes, as --dashed-options."""
+    return [arg for key in _MINING_KEYS if key in mining_args
+            for arg in (f"--{key.replace('_', '-')}", override_value(mining_args[key]))]
+
+
+def train_overrides(cfg: StudyConfig, method: str) -> dict[str, Any]:
+    """overrides.METHOD's training keys (its `predict:` block is for the predictions)."""
+    return {k: v for k, v in cfg.overrides.get(method, {}).items() if k != "predict"}
+
+
+def predict_overrides(cfg: StudyConfig, method: str) -> dict[str, Any]:
+    """overrides.METHOD.predict: the keys of that method's prediction runs."""
+    return cfg.overrides.get(method, {}).get("predict") or {}
+
+
 def _mined_steps(cfg: StudyConfig, methods: set[str], suffix: str, adapter: Path | None) -> list[Step]:
     """DPO/ORPO pairs and KTO labels from the model's own samples (drawn once, shared by both through one cache);
     with `adapter`, sampled from the model + that LoRA adapter. Datasets `<name>_pref<suffix>`, `<name>_kto<suffix>`."""
@@ -100,9 +116,7 @@ def _mined_steps(cfg: StudyConfig, methods: set[str], suffix: str, adapter: Path
               "--samples", str(jsonl_file(f"{cfg.name}_samples{suffix}"))]  # one cache shared by pref and kto
     if adapter is not None:
         mining += ["--adapter", str(adapter)]
-    for key in _MINING_KEYS:
-        if key in cfg.mining_args:
-            mining += [f"--{key.replace('_', '-')}", override_value(cfg.mining_args[key])]
+    mining += mining_options(cfg.mining_args)
     prompt, steps = ["--prompt", cfg.prompt], []
     if methods & {"dpo", "orpo"}:
         pref = _convert(cfg, "preference", cfg.train, f"pref{suffix}", cfg.train_limit, mining, prompt)
@@ -211,7 +225,7 @@ def scored_set(cfg: StudyConfig, method: str) -> str:
 def _predict_eval(cfg: StudyConfig, run: str, method: str, adapter: Path | None, needs: tuple[str, ...]) -> list[Step]:
     folder = run_dir(cfg, run)
     test = scored_set(cfg, method)
-    predict_over = cfg.overrides.get(method, {}).get("predict") or {}
+    predict_over = predict_overrides(cfg, method)
     base_args = {"model_name_or_path": cfg.model, "template": cfg.template, "eval_dataset": cfg.dataset(test),
                  "output_dir": str(folder / "predict")}
     if adapter is not None:
@@ -235,7 +249,7 @@ def _method_steps(cfg: StudyConfig, steps: list[Step], method: str, seed: int, r
     sft_adapter = run_dir(cfg, sft_run) / "train"
     train_dir = run_dir(cfg, run) / "train"
     recipe = cfg.recipe(method)
-    overrides = {k: v for k, v in cfg.overrides.get(method, {}).items() if k != "predict"} | (grid or {})
+    overrides = train_overrides(cfg, method) | (grid or {})
     mined = method in cfg.from_sft and method in _MINED  # GRPO's prompts do not depend on the SFT model
     taught = method == "cot" and method in cfg.from_sft  # the seed's SFT model teaches; CoT-SFT starts from base
     data = _TRAIN_DATA[method] + (f"_{sft_run}" if mined or taught else "")
