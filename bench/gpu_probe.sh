@@ -42,6 +42,8 @@ for dump in sorted((work / "grpo").glob("nonfinite_step_*.json")):
                                                                  "input_ids", "token_ids")})
 print("predict", (work / "predict/predict_results.json").read_text())
 PY
+  echo "== SDPA on fully-masked (left-pad) query rows, per backend and dtype (bench/sdpa_masked_rows.py)"
+  timeout 120 python3 bench/sdpa_masked_rows.py
   cp "$work"/grpo/nonfinite_step_*.json "$work/grpo.log" "$work/predict.log" "$out/" 2>/dev/null
   cp "$work/grpo/trainer_state.json" "$out/grpo_trainer_state.json" 2>/dev/null
 } 2>&1 | tee "$out/probe.txt"
