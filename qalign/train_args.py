@@ -19,12 +19,12 @@ from __future__ import annotations
 import difflib
 import enum
 import json
-import os
 import sys
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from qalign.env import env_flag
 from qalign.errors import QalignError
 from qalign.hub import check_local_or_hub
 from qalign.train_fields import grpo_fields as grpo_fields
@@ -249,7 +249,7 @@ def check_train_keys(config: dict[str, Any], recipe: str) -> None:
     import once qalign.train_fields has cached the field table."""
     fields, grpo = train_fields()
     grpo = grpo if str(config.get("stage")) == "grpo" else {}
-    extra_ok = os.environ.get("ALLOW_EXTRA_ARGS", "").lower() in ("1", "true", "y")  # LLaMA-Factory's own switch
+    extra_ok = env_flag("ALLOW_EXTRA_ARGS")  # LLaMA-Factory's own switch
     problems = []
     for key, value in config.items():
         tp = grpo.get(key, fields.get(key))  # under stage: grpo, temperature & co. are the rollouts' (GRPO's)
