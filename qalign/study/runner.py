@@ -27,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from qalign.errors import QalignError
 from qalign.io import atomic_write_json
 from qalign.study.gpu_budget import GIB, GpuBudget, detect, read_peak
 from qalign.study.plan import Step, step_dependencies
@@ -91,11 +92,24 @@ def command_line(step: Step) -> str:
     return "qalign " + " ".join(shlex.quote(arg) for arg in step.argv)
 
 
-def _recorded(state_dir: Path, step: Step) -> list[str] | None:
+def _recorded(state_dir: Path, step: Step) -> dict | None:
+    """The step's record (OUTPUT/steps/NAME.json) when it holds an argv, else None."""
     try:
-        return json.loads((state_dir / f"{slug(step.name)}.json").read_text(encoding="utf-8"))["argv"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads((state_dir / f"{slug(step.name)}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) and isinstance(record.get("argv"), list) else None
+
+
+def _same_command(record: dict | None, step: Step) -> bool:
+    """No record (the done-marker decides), or the record ran this command: the same argv and, for a step with a
+    recipe file, the same recipe and keys (or the recipe + key=value argv such a step had before recipe files)."""
+    if record is None:
+        return True
+    if step.recipe is None:
+        return record["argv"] == step.argv
+    same = record["argv"] == step.argv and record.get("recipe") == step.recipe.record()
+    return same or record["argv"] == step.recipe.legacy_argv(step.argv[0])
 
 
 def _error_line(log: Path) -> str:
@@ -166,7 +180,7 @@ def run_steps(
     waiting_said: set[str] = set()
     if budget:
         for step in steps:
-            budget.learn(step.argv, read_peak(state_dir / f"{slug(step.name)}.json"))
+            budget.learn(step.peak_argv(), read_peak(state_dir / f"{slug(step.name)}.json"))
         echo(f"jobs auto: a step starts when the GPU's free memory covers its peak, up to {jobs} at once")
 
     def settle(index: int, step: Step) -> bool:
@@ -182,9 +196,9 @@ def run_steps(
             results[step.name] = blocked
             echo(f"{label}: not run ({blocked.reason})")
             return True
-        recorded = _recorded(state_dir, step)
+        same = _same_command(_recorded(state_dir, step), step)
         fresh_inputs = any(need in ran for need in step.needs)
-        if not force and not fresh_inputs and recorded in (None, step.argv) and step.is_done():
+        if not force and not fresh_inputs and same and step.is_done():
             results[step.name] = StepResult("done")
             echo(f"{label}: skip (done)")
             return True
@@ -194,15 +208,22 @@ def run_steps(
             echo(f"{label}: would run {command_line(step)}")
             return True
         why = ("" if force or not step.done.exists() else " (inputs changed)" if fresh_inputs
-               else " (command changed)" if recorded not in (None, step.argv)
+               else " (command changed)" if not same
                else " (its registry entry does not describe the file)")
+        if step.recipe is not None:
+            try:  # its recipe file: the model's recipe with the study's keys, as the step will read it
+                step.recipe.write()
+            except QalignError as exc:
+                results[step.name] = StepResult("failed", str(exc))
+                echo(f"{label}: cannot run: {exc}")
+                return True
         starting[step.name] = f"{label}: running{why} ..."  # printed when it starts (it may wait for memory)
         return False
 
     def need_of(step: Step) -> int:
         if step.name in raised:
             return raised[step.name]
-        return budget.need(step.argv, read_peak(state_dir / f"{slug(step.name)}.json")) if budget else 0
+        return budget.need(step.peak_argv(), read_peak(state_dir / f"{slug(step.name)}.json")) if budget else 0
 
     def start(index: int, step: Step, need: int) -> None:
         echo(starting.pop(step.name))
@@ -244,7 +265,7 @@ def run_steps(
         allocated = read_peak(_peak_file(log), "peak_allocated_bytes")  # recorded beside it: what tensors used
         _peak_file(log).unlink(missing_ok=True)
         if budget:
-            budget.learn(step.argv, peak)  # an out-of-memory peak too: a lower bound of what the step needs
+            budget.learn(step.peak_argv(), peak)  # an out-of-memory peak too: a lower bound of what the step needs
         company = step.name in overlapped or (budget is not None and budget.busy())  # ours, or others' processes
         if code != 0 and company and step.name not in retried and _out_of_memory(log):
             kept = log.with_suffix(".oom.log")
@@ -270,6 +291,8 @@ def run_steps(
             echo(f"{label}: FAILED in {seconds:.0f} s: {reason}")
             return
         record = {"argv": step.argv, "seconds": round(seconds, 1)}
+        if step.recipe is not None:
+            record["recipe"] = step.recipe.record()
         if peak is not None:
             record["peak_gpu_bytes"] = peak
         if allocated is not None:
