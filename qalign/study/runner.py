@@ -2,8 +2,9 @@
 
 A step is finished when its done-marker exists and the command recorded when it last ran (OUTPUT/steps/) is the
 same; a step whose input step ran in this invocation is run again. A failed step blocks the steps that need it
-and the study goes on with the others. A step starts only once every step it needs has finished, so the plan's
-needs must name every input a step reads (`--jobs N` runs independent steps side by side).
+and the study goes on with the others. A step starts only once every step it needs has finished (graphlib's
+TopologicalSorter), so the plan's needs must name every input a step reads (`--jobs N` runs independent steps side
+by side).
 
 `--jobs auto` (the default; one step at a time without a visible GPU) starts a ready step only when the GPU's free
 memory covers its peak (qalign.study.gpu_budget), at most one step per CPU core; a step waiting for memory says so
@@ -25,6 +26,7 @@ import re
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 from qalign.errors import QalignError
@@ -169,7 +171,14 @@ def run_steps(
     results: dict[str, StepResult] = {}
     ran: set[str] = set()
     total = len(steps)
-    pending = list(enumerate(steps, start=1))
+    sorter = TopologicalSorter({step.name: step.needs for step in steps})  # a step is ready once its needs finished
+    try:
+        sorter.prepare()
+    except CycleError as exc:  # the needs go round in a circle: nothing could ever start
+        circle = set(exc.args[1])
+        raise ValueError(f"steps wait on each other: {', '.join(s.name for s in steps if s.name in circle)}") from None
+    by_name = {step.name: (index, step) for index, step in enumerate(steps, start=1)}
+    eligible: list[tuple[int, Step]] = []  # needs finished, not settled yet: in plan order
     running: dict[Future, _Running] = {}
     ready: list[tuple[int, Step]] = []  # settled, to run: waiting for memory (or, in a full pass, a slot)
     requeued: list[tuple[int, Step]] = []  # ran out of memory beside others: to run alone on an idle GPU
@@ -305,27 +314,42 @@ def run_steps(
         ran.add(step.name)
         echo(f"{label}: ok ({seconds:.0f} s)")
 
+    def take_ready() -> None:
+        eligible.extend(by_name[name] for name in sorter.get_ready())
+        eligible.sort(key=lambda item: item[0])
+
+    def settle_pass() -> bool:
+        """Settle eligible steps in plan order while a slot is free (a step that needs no run frees its dependants
+        at once: those later in the plan come in this pass, earlier ones in the next); whether any was settled."""
+        position, progress = 0, False
+        while len(running) + len(ready) < jobs:
+            item = next((item for item in eligible if item[0] > position), None)
+            if item is None:
+                break
+            eligible.remove(item)
+            position, progress = item[0], True
+            if settle(*item):
+                sorter.done(item[1].name)
+                take_ready()
+            else:
+                ready.append(item)
+                launch()  # at once when it may: the lines come in the order they always did
+        return progress
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while pending or ready or requeued or running:
-            progress = True
-            while progress and len(running) + len(ready) < jobs:
-                progress = False
-                for item in list(pending):
-                    index, step = item
-                    if len(running) + len(ready) >= jobs or not all(need in results for need in step.needs):
-                        continue  # a need is still running, or no slot is free
-                    pending.remove(item)
-                    progress = True
-                    if not settle(index, step):
-                        ready.append(item)
-                        launch()  # at once when it may: the lines come in the order they always did
+        take_ready()
+        while sorter.is_active():
+            while settle_pass():
+                pass
             launch()
             if not running:  # launch starts a step whenever none runs, so nothing is ready or re-queued
-                if pending:  # nothing runs and nothing is ready: the needs go round in a circle
-                    raise ValueError(f"steps wait on each other: {', '.join(step.name for _, step in pending)}")
                 break
             timeout = poll if ready and not requeued else None  # memory may free up outside our steps
             finished, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in finished:
-                finish(running.pop(future), future.result())
+                run = running.pop(future)
+                finish(run, future.result())
+                if run.step.name in results:  # finished (not re-queued after running out of memory)
+                    sorter.done(run.step.name)
+                    take_ready()
     return results
