@@ -69,7 +69,10 @@ def collect(folder: Path, study_log: Path | None = None) -> dict[str, Any]:
     for record_path in sorted((folder / "steps").glob("*.json")):
         record = _json(record_path)
         if isinstance(record.get("argv"), list):
+            recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
             steps[record_path.stem] = {"argv": record["argv"], "seconds": float(record.get("seconds") or 0),
+                                       # a train step's recipe file is recipe.yaml: its kind is the model recipe's
+                                       "kind_argv": [record["argv"][0], recipe["from"]] if "from" in recipe else None,
                                        "peak_gpu_bytes": record.get("peak_gpu_bytes"),
                                        "requeued": bool(record.get("requeued")), "failed": False,
                                        "end": record_path.stat().st_mtime, "recorded": True}
@@ -104,7 +107,7 @@ def collect(folder: Path, study_log: Path | None = None) -> dict[str, Any]:
             names[slug] = match["name"]
     for slug, step in steps.items():
         step["name"] = names.get(slug, slug)
-        step["kind"] = bench_kind(step["argv"]) if step["argv"] else "?"
+        step["kind"] = bench_kind(step.get("kind_argv") or step["argv"]) if step["argv"] else "?"
     return {"folder": str(folder), "steps": steps, **_wall(folder, steps)}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from qalign.converters.prompts import available_prompts, load_prompt, render_prompt
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import extract_answer, score_all
-from qalign.io import read_yaml_mapping
+from qalign.overrides import read_recipe
 from qalign.records import QARecord
 
 BASE_LABEL = "base"
@@ -67,8 +67,7 @@ class _Parser(argparse.ArgumentParser):
 def _recipe_values(path: str) -> dict[str, Any]:
     """`model_name_or_path` and `template` of a LLaMA-Factory recipe (so the page uses the predict recipe's)."""
     try:
-        return read_yaml_mapping(path, "recipe", "recipes/smollm2-135m/predict.yaml",
-                                 ("model_name_or_path", "template"))
+        return read_recipe(path)  # as `qalign predict` and LLaMA-Factory read it
     except QalignError as exc:
         raise DemoError(f"cannot read the recipe: {exc}") from None
 

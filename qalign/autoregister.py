@@ -1,14 +1,14 @@
 """Startup hook: plain `llamafactory-cli train|webui|api` (and any `import llamafactory`) see qalign's GRPO stage.
 
 The wheel (and `pip install -e .`) installs `qalign-autoregister.pth` into site-packages; Python runs its one line
-at start-up, which calls `arm()`. Arming costs one tiny finder on `sys.meta_path` and imports nothing else; when
-`llamafactory` is first imported the finder removes itself and runs `qalign.register.register_all()`, which queues
-its patches for LLaMA-Factory's modules as they load. Opt out with `QALIGN_NO_AUTOREGISTER=1`.
+at start-up, which calls `arm()`. Arming costs one tiny finder on `sys.meta_path` and imports nothing but qalign.env
+(the flag reader); when `llamafactory` is first imported the finder removes itself and runs
+`qalign.register.register_all()`, which queues its patches for LLaMA-Factory's modules as they load. Opt out with
+`QALIGN_NO_AUTOREGISTER=1`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 OPT_OUT = "QALIGN_NO_AUTOREGISTER"
@@ -17,8 +17,10 @@ TARGET = "llamafactory"
 
 
 def disabled() -> bool:
-    """True when the environment opts out (`QALIGN_NO_AUTOREGISTER` set to anything but '', '0' or 'false')."""
-    return os.environ.get(OPT_OUT, "").strip().lower() not in ("", "0", "false", "no", "off")
+    """True when the environment opts out (`QALIGN_NO_AUTOREGISTER=1`, or true / y as LLaMA-Factory reads a flag)."""
+    from qalign.env import env_flag  # a few lines on os: the hook stays near-free (tests/test_layers.py)
+
+    return env_flag(OPT_OUT)
 
 
 class _RegisterOnLlamaFactory:

@@ -101,13 +101,13 @@ def read_history(train_dir: str | Path) -> list[dict[str, Any]]:
             for row in rows if isinstance(row, dict)]
 
 
-def _number(value: Any) -> bool:
+def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def training_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows logged during training (not eval rows, not the final `train_loss` summary)."""
-    return [row for row in history if any(_number(row.get(key)) for key in ("loss", "reward"))]
+    return [row for row in history if any(_finite(row.get(key)) for key in ("loss", "reward"))]
 
 
 def tenths(values: list[float]) -> tuple[float, float]:
@@ -167,7 +167,7 @@ def judge(history: list[dict[str, Any]], stage: str | None = None, terms: LossTe
     stage = stage or infer_stage(rows)
     signals = {}
     for key in SIGNALS.get(stage, ("loss",)):
-        values = [float(row[key]) for row in rows if _number(row.get(key))]
+        values = [float(row[key]) for row in rows if _finite(row.get(key))]
         if values:
             signals[key] = tenths(values)
     health = Health(stage, len(rows), signals)

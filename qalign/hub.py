@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from qalign.env import HUGGINGFACE_TRUE, env_flag
 from qalign.errors import QalignError
 
 # the variables that make each library stay offline
@@ -47,7 +48,7 @@ def offline_reason(kind: str = "dataset") -> str | None:
     """Why the Hub cannot be used now for a `kind` (model or dataset) id ("HF_HUB_OFFLINE is set", "no connection to
     huggingface.co"), else None."""
     for var in OFFLINE_VARS[kind]:
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+        if env_flag(var, HUGGINGFACE_TRUE):
             return f"{var} is set"
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     if not _hub_answers(endpoint):

@@ -26,29 +26,12 @@ from qalign.answer_stop import answer_stop
 from qalign.errors import QalignError
 from qalign.generation import BatchGenerator, BatchLimits
 from qalign.io import atomic_write_json, atomic_write_jsonl
+from qalign.overrides import read_recipe
 
 ENGINES = ("qalign", "llamafactory")
 ENGINE_FIELDS = {"engine": str, "engine_batch_tokens": int | None, "engine_batch_rows": int,
                  "engine_stop_at_answer": bool}  # key -> type
 ENGINE_KEYS = tuple(ENGINE_FIELDS)
-
-
-def read_recipe(recipe: str | os.PathLike, overrides: list[str]) -> dict[str, Any]:
-    """The recipe's YAML with `key=value` overrides merged on top, as `llamafactory-cli train` reads them."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    path = Path(recipe)
-    if not path.is_file():
-        raise QalignError(f"{path}: recipe not found. Pass a YAML file such as recipes/smollm2-135m/predict.yaml.")
-    try:
-        merged = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_cli(list(overrides)))
-    except (OmegaConfBaseException, ValueError) as exc:
-        raise QalignError(f"{path}: cannot read the recipe with overrides {overrides}: {exc}") from None
-    args = OmegaConf.to_container(merged)
-    if not isinstance(args, dict):
-        raise QalignError(f"{path}:1: a recipe is a mapping of LLaMA-Factory keys, got {type(args).__name__}.")
-    return args
 
 
 def split_engine_args(args: dict[str, Any]) -> tuple[dict[str, Any], str, BatchLimits]:

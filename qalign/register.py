@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import importlib.abc
-import os
 import subprocess
 import sys
 import warnings
@@ -38,6 +37,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Literal, get_args, get_type_hints
 
+from qalign.env import env_flag
 from qalign.errors import QalignError
 from qalign.health import PREFERENCE_LOSS  # the logged key: one name for the patch and the health rule
 
@@ -70,7 +70,7 @@ def _check_version(module: ModuleType) -> None:
     message = (f"qalign/register.py patches LLaMA-Factory {TESTED_LLAMAFACTORY}, but llamafactory {version} is "
                f"installed ({getattr(module, '__file__', '?')}). {_fix_hint()} "
                f"Set {ALLOW_UNTESTED}=1 to try it anyway.")
-    if os.environ.get(ALLOW_UNTESTED, "").strip().lower() in ("1", "true", "yes", "on"):
+    if env_flag(ALLOW_UNTESTED):
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         return
     raise PatchError(message)

@@ -19,14 +19,15 @@ from __future__ import annotations
 import difflib
 import enum
 import json
-import os
 import sys
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from qalign.env import env_flag
 from qalign.errors import QalignError
 from qalign.hub import check_local_or_hub
+from qalign.overrides import read_recipe
 from qalign.train_fields import grpo_fields as grpo_fields
 from qalign.train_fields import llamafactory_fields as llamafactory_fields
 from qalign.train_fields import train_fields
@@ -49,31 +50,6 @@ def check_train_usage(args: list[str]) -> None:
         raise QalignError(f"train takes a recipe file first, then key=value overrides, not --flags (got {args[0]}): "
                           f"{TRAIN_USAGE}. Write each flag as key=value after the recipe (--max_steps 20 -> "
                           "max_steps=20).")
-
-
-def _merge(recipe: Path, overrides: list[str]) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    try:
-        base = OmegaConf.load(recipe) if recipe.suffix != ".json" else OmegaConf.create(json.loads(recipe.read_text()))
-    except Exception as exc:  # omegaconf/yaml/json each raise their own types; all mean "does not parse"
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else getattr(exc, "lineno", 1)
-        raise QalignError(f"{recipe}:{line}: the recipe does not parse ({str(exc).splitlines()[0]}). Fix that "
-                          "line (recipes are YAML mappings of key: value).") from None
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not sep or not key.strip():
-            raise QalignError(f"override {item!r}: expected key=value (e.g. max_steps=20).")
-        try:
-            OmegaConf.from_cli([item])
-        except Exception as exc:
-            raise QalignError(f"override {item!r}: the value does not parse ({str(exc).splitlines()[0]}). Quote it "
-                              f"for a string (e.g. '{key}=\"...\"'), or fix the brackets of a list.") from None
-    merged = OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.from_cli(overrides)))
-    if not isinstance(merged, dict):
-        raise QalignError(f"{recipe}:1: expected a mapping of key: value, got {type(merged).__name__}.")
-    return merged
 
 
 def _not_a_recipe(recipe: Path, command: str) -> QalignError:
@@ -106,7 +82,7 @@ def check_recipe_argv(argv: list[str], cwd: Path | None = None,
         near = sorted(p.name for p in recipe.parent.glob("*.yaml")) if recipe.parent.is_dir() else []
         hint = f" Recipes in {recipe.parent}: {', '.join(near)}." if near else ""
         raise QalignError(f"{recipe}: recipe not found.{hint}")
-    config = _merge(recipe, argv[1:])
+    config = read_recipe(recipe, argv[1:])
     cwd = cwd or Path.cwd()
     if any(config.get(k) for k in _DATASET_KEYS) and "dataset_dir" not in config \
             and not (cwd / "data" / "dataset_info.json").is_file():
@@ -249,7 +225,7 @@ def check_train_keys(config: dict[str, Any], recipe: str) -> None:
     import once qalign.train_fields has cached the field table."""
     fields, grpo = train_fields()
     grpo = grpo if str(config.get("stage")) == "grpo" else {}
-    extra_ok = os.environ.get("ALLOW_EXTRA_ARGS", "").lower() in ("1", "true", "y")  # LLaMA-Factory's own switch
+    extra_ok = env_flag("ALLOW_EXTRA_ARGS")  # LLaMA-Factory's own switch
     problems = []
     for key, value in config.items():
         tp = grpo.get(key, fields.get(key))  # under stage: grpo, temperature & co. are the rollouts' (GRPO's)

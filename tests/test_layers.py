@@ -9,8 +9,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "qalign"
 # shared helpers below converters and evaluators: they import only each other (and third-party packages)
-BOTTOM = {"qalign.errors", "qalign.io", "qalign.text", "qalign.records", "qalign.overrides", "qalign.procs",
-          "qalign.hub"}
+BOTTOM = {"qalign.errors", "qalign.env", "qalign.io", "qalign.text", "qalign.records", "qalign.overrides",
+          "qalign.procs", "qalign.hub"}
 
 
 def _module_name(path: Path) -> str:

@@ -127,5 +127,8 @@ def test_study_runs_reports_and_resumes(tiny_qwen3: Path, tmp_path: Path) -> Non
 
     # another seed: only that seed's steps are planned, everything finished is still skipped
     plan = run_study(tmp_path, "--seeds", *map(str, seeds), "7", "--dry-run").stdout
-    assert re.search(r"train sft-s7: would run qalign train .*seed=7", plan)
+    assert re.search(r"train sft-s7: would run qalign train \S*runs/sft-s7/train/recipe\.yaml$", plan, re.M)
+    assert not (out / "runs/sft-s7/train/recipe.yaml").exists()  # a dry run writes nothing
+    ran = yaml.safe_load((out / f"runs/sft-s{seeds[0]}/train/recipe.yaml").read_text())  # what that step trained on
+    assert ran["seed"] == seeds[0] and ran["output_dir"].endswith(f"runs/sft-s{seeds[0]}/train")
     assert re.search(rf"train sft-s{seeds[0]}: skip \(done\)", plan)

@@ -25,6 +25,12 @@ def _steps(cfg) -> dict[str, Step]:
     return {step.name: step for step in build_plan(cfg)}
 
 
+def _recipe(step: Step) -> dict:
+    """What a train/predict step's recipe file holds (its argv names only that file)."""
+    assert step.argv == [step.argv[0], str(step.recipe.path)] and step.recipe.path.name == "recipe.yaml"
+    return step.recipe.content()
+
+
 def test_study_file_defaults_overrides_and_errors(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "s.yaml"
@@ -58,7 +64,8 @@ def test_an_overrides_file_goes_over_the_study_file_and_under_assignments(tmp_pa
                                                                "learning_rate": 2e-4},
                              "grpo": {"reward_funcs": "subem,f1,format"}}
     steps = _steps(cfg)
-    assert {"pref_beta=0.5", "learning_rate=0.0002", "max_steps=100"} <= set(steps["train dpo-s42"].argv)
+    dpo = _recipe(steps["train dpo-s42"])
+    assert {"pref_beta": 0.5, "learning_rate": 2e-4, "max_steps": 100}.items() <= dpo.items()
     for text, message in [("dpo: {pref_beta: 0.5}\n", r"best.yaml:1: an overrides file holds `overrides"),
                           ("overrides: [dpo]\n", "must be a mapping"), ("overrides: {dpo: 3}\n", "must be a mapping")]:
         best.write_text(text)
@@ -79,19 +86,23 @@ def test_plan_names_datasets_by_study_and_merges_overrides() -> None:
     assert samples == ["data/u_samples.jsonl"] * 2  # mined once, shared
     assert "ignored" not in " ".join(steps["data kto"].argv)
     assert all("--margin 0.2" in " ".join(steps[s].argv) for s in ("data pref", "data kto"))
-    grpo = steps["train grpo-s3"].argv
-    assert "dataset=u_grpo" in grpo and "seed=3" in grpo and "max_steps=4" in grpo and "bf16=true" in grpo
-    assert "max_steps=9" not in grpo and not any(a.startswith("predict=") for a in grpo)
-    assert "dataset=u_pref" in steps["train dpo-s3"].argv and "dataset=u_kto" in steps["train kto-s3"].argv
-    assert "max_new_tokens=8" in steps["predict grpo-s3"].argv and "max_new_tokens=16" in steps["predict sft-s3"].argv
-    assert "adapter_name_or_path=reports/u/runs/sft-s3/train" in steps["predict sft-s3"].argv
-    assert not any(a.startswith("adapter_name_or_path") for a in steps["predict base"].argv)
+    grpo = _recipe(steps["train grpo-s3"])
+    assert grpo["dataset"] == "u_grpo" and grpo["seed"] == 3 and grpo["max_steps"] == 4 and grpo["bf16"] is True
+    assert grpo["max_steps"] != 9 and "predict" not in grpo
+    assert _recipe(steps["train dpo-s3"])["dataset"] == "u_pref"
+    assert _recipe(steps["train kto-s3"])["dataset"] == "u_kto"
+    assert _recipe(steps["predict grpo-s3"])["max_new_tokens"] == 8
+    assert _recipe(steps["predict sft-s3"])["max_new_tokens"] == 16
+    assert _recipe(steps["predict sft-s3"])["adapter_name_or_path"] == "reports/u/runs/sft-s3/train"
+    assert "adapter_name_or_path" not in _recipe(steps["predict base"])
+    assert steps["train grpo-s3"].recipe.path == Path("reports/u/runs/grpo-s3/train/recipe.yaml")
+    assert steps["predict grpo-s3"].recipe.path == Path("reports/u/runs/grpo-s3/predict/recipe.yaml")
     assert steps["eval kto-s3"].done == Path("reports/u/runs/kto-s3/eval/summary.json")
     assert not any("cot" in name for name in steps)
 
     with_cot = _steps(build_config({**BASE, "methods": ["sft"], "cot_teacher": "t.jsonl"}))
     assert with_cot["data cot"].argv[:2] == ["convert", "cot"] and "--teacher" in with_cot["data cot"].argv
-    assert "eval_dataset=u_test_cot" in with_cot["predict cot-s42"].argv  # tested with its think prompt
+    assert _recipe(with_cot["predict cot-s42"])["eval_dataset"] == "u_test_cot"  # tested with its think prompt
     assert "--prompt think_then_answer" in " ".join(with_cot["data test_cot"].argv)
 
 
@@ -112,14 +123,14 @@ def test_from_sft_mines_from_each_seeds_sft_run_and_continues_its_adapter() -> N
             assert mined.argv[mined.argv.index("--adapter") + 1] == adapter
             assert mined.argv[mined.argv.index("--samples") + 1] == f"data/u_samples_sft-s{seed}.jsonl"
         dpo = steps[f"train dpo-s{seed}"]
-        assert {f"dataset=u_pref_sft-s{seed}", f"adapter_name_or_path={adapter}", "ref_model=m",
-                f"ref_model_adapters={adapter}"} <= set(dpo.argv)
+        assert {"dataset": f"u_pref_sft-s{seed}", "adapter_name_or_path": adapter, "ref_model": "m",
+                "ref_model_adapters": adapter}.items() <= _recipe(dpo).items()
         assert dpo.needs == (f"data pref_sft-s{seed}", f"train sft-s{seed}")
-        assert f"dataset=u_kto_sft-s{seed}" in steps[f"train kto-s{seed}"].argv
+        assert _recipe(steps[f"train kto-s{seed}"])["dataset"] == f"u_kto_sft-s{seed}"
         assert order.index(f"train sft-s{seed}") < order.index(f"data pref_sft-s{seed}") < order.index(
             f"train dpo-s{seed}")
-    orpo = steps["train orpo-s1"].argv
-    assert "dataset=u_pref" in orpo and not any(a.startswith(("adapter_name_or_path", "ref_model")) for a in orpo)
+    orpo = _recipe(steps["train orpo-s1"])
+    assert orpo["dataset"] == "u_pref" and not any(k.startswith(("adapter_name_or_path", "ref_model")) for k in orpo)
     labels = [row.label for row in collect_rows(cfg, plan, {})]
     assert "dpo (from sft) (seed 1)" in labels and "orpo (seed 2)" in labels
     for spec, message in [({**BASE, "from_sft": ["ppo"]}, "ppo cannot start from SFT"),
@@ -131,11 +142,12 @@ def test_from_sft_mines_from_each_seeds_sft_run_and_continues_its_adapter() -> N
 def test_grpo_from_sft_continues_the_adapter_on_the_same_prompts_and_from_base_stays() -> None:
     steps = _steps(build_config({**BASE, "methods": ["sft", "grpo"], "from_sft": ["grpo"], "seeds": [5]}))
     grpo = steps["train grpo-s5"]
-    assert {"dataset=u_grpo", "adapter_name_or_path=reports/u/runs/sft-s5/train"} <= set(grpo.argv)
-    assert not any(a.startswith("ref_model") for a in grpo.argv)  # GRPO's KL reference: the adapter-free base
+    assert {"dataset": "u_grpo", "adapter_name_or_path": "reports/u/runs/sft-s5/train"}.items() <= \
+        _recipe(grpo).items()
+    assert not any(k.startswith("ref_model") for k in _recipe(grpo))  # GRPO's KL reference: the adapter-free base
     assert grpo.needs == ("data grpo", "train sft-s5") and not any(n.startswith("data pref") for n in steps)
     from_base = _steps(build_config({**BASE, "methods": ["sft", "grpo"], "seeds": [5]}))["train grpo-s5"]
-    assert from_base.needs == ("data grpo",) and not any(a.startswith("adapter_name") for a in from_base.argv)
+    assert from_base.needs == ("data grpo",) and not any(k.startswith("adapter_name") for k in _recipe(from_base))
 
 
 def test_missing_converter_or_recipe_fails_only_that_method(monkeypatch, tmp_path: Path) -> None:
@@ -187,6 +199,47 @@ def test_steps_resume_rerun_on_change_and_fail_with_the_log(tmp_path: Path, monk
     assert results["data c"].state == "failed" and "missing.jsonl: file not found" in results["data c"].reason
     assert results["data c"].log and results["data c"].log.is_file()
     assert results["data d"] == StepResult("blocked", results["data c"].reason)
+
+
+def test_a_train_step_writes_its_recipe_file_and_reruns_when_its_keys_change(monkeypatch, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import yaml
+
+    import qalign.study.runner as runner
+    from qalign.overrides import override_args
+
+    seen: list[dict] = []
+
+    def execute(step: Step, log: Path) -> int:  # what `qalign train FILE` would read
+        seen.append(yaml.safe_load(Path(step.argv[1]).read_text()))
+        step.done.parent.mkdir(parents=True, exist_ok=True)
+        step.done.write_text("{}")
+        return 0
+
+    monkeypatch.setattr(runner, "_execute", execute)
+    cfg = build_config({**BASE, "methods": ["sft"], "output": str(tmp_path / "r"), "train_args": {"max_steps": 3}})
+    train = replace(_steps(cfg)["train sft-s42"], needs=())  # its data step is not part of this test
+    assert run_steps([train], cfg.output, echo=lambda _: None)["train sft-s42"].state == "ran"
+    written = yaml.safe_load(train.recipe.path.read_text())
+    source = yaml.safe_load(train.recipe.source.read_text())
+    assert written == seen[0] == {**source, "model_name_or_path": "m", "template": "smollm2", "dataset": "u_train",
+                                  "output_dir": str(tmp_path / "r/runs/sft-s42/train"), "seed": 42, "max_steps": 3}
+    record = json.loads((cfg.output / "steps" / "train-sft-s42.json").read_text())
+    assert record["argv"] == ["train", str(train.recipe.path)] and record["recipe"]["keys"]["max_steps"] == 3
+    lines: list[str] = []
+    run_steps([train], cfg.output, echo=lines.append)
+    assert lines == ["[1/1] train sft-s42: skip (done)"] and len(seen) == 1
+    changed = _steps(build_config({**BASE, "methods": ["sft"], "output": str(tmp_path / "r"),
+                                   "train_args": {"max_steps": 4}}))["train sft-s42"]
+    changed = replace(changed, needs=())
+    run_steps([changed], cfg.output, echo=lines.append)
+    assert lines[1] == "[1/1] train sft-s42: running (command changed) ..." and seen[1]["max_steps"] == 4
+    assert yaml.safe_load(changed.recipe.path.read_text())["max_steps"] == 4
+    # a record of the recipe + key=value argv such a step ran with before recipe files still counts as done
+    legacy = {"argv": ["train", str(changed.recipe.source), *override_args(changed.recipe.keys)], "seconds": 1.0}
+    (cfg.output / "steps" / "train-sft-s42.json").write_text(json.dumps(legacy))
+    assert run_steps([changed], cfg.output, echo=lambda _: None)["train sft-s42"].state == "done"
 
 
 def _timed_steps(monkeypatch, tmp_path: Path, seconds: float = 0.3) -> dict[str, tuple[float, float]]:

@@ -31,15 +31,19 @@ def test_grpo_grid_runs_each_point_once_scores_on_the_val_slice_and_writes_the_b
     monkeypatch.chdir(tmp_path)
     write_raw(tmp_path / "train.jsonl", 10)
     (tmp_path / "model").mkdir()
-    calls: list[list[str]] = []
+    calls: list[tuple[str, str, dict]] = []  # (command, its argv or recipe file text, the recipe file's keys)
 
     def fake_execute(step, log: Path) -> int:  # convert / eval for real; train / predict write what they would
-        calls.append(step.argv)
         if step.argv[0] in ("convert", "eval"):
+            calls.append((step.argv[0], " ".join(step.argv), {}))
             return main(step.argv)
-        out = Path(next(a for a in step.argv if a.startswith("output_dir=")).split("=", 1)[1])
+        assert len(step.argv) == 2  # `qalign train|predict RECIPE`: every key is in the recipe file
+        text = Path(step.argv[1]).read_text()
+        recipe = yaml.safe_load(text)
+        calls.append((step.argv[0], text, recipe))
+        out = Path(recipe["output_dir"])
         out.mkdir(parents=True, exist_ok=True)
-        beta0 = "beta=0.0" in step.argv or "beta0.0_" in str(out)
+        beta0 = recipe.get("beta") == 0.0 or "beta0.0_" in str(out)
         if step.argv[0] == "train":  # beta 0: the reward rises 0.1 -> 0.3 (learned); beta 0.04: 0.1 -> 0.12 (flat)
             rewards = [0.1, 0.2, 0.3] if beta0 else [0.1, 0.11, 0.12]
             (out / "trainer_state.json").write_text(json.dumps({"log_history": [{"loss": 0.0, "reward": r}
@@ -62,12 +66,13 @@ def test_grpo_grid_runs_each_point_once_scores_on_the_val_slice_and_writes_the_b
     # the validation slice: questions 6-9 of the train file, none of the 6 that GRPO trains on
     assert len(_questions(Path("data/g_val.json"))) == 4 and not _questions(Path("data/g_val.json")) & _questions(
         Path("data/g_grpo.json")) and len(_questions(Path("data/g_grpo.json"))) == 6
-    train = next(c for c in calls if c[0] == "train")
-    assert {"dataset=g_grpo", "num_generations=2", "beta=0.0", "max_steps=3", "temperature=0.5"} <= set(train)
-    predict = next(c for c in calls if c[0] == "predict" and any("grpo-" in a for a in c))
-    assert {"eval_dataset=g_val", "max_new_tokens=8",
-            "adapter_name_or_path=reports/g/runs/grpo-beta0.0_num_generations2-s42/train"} <= set(predict)
-    assert not any(a.startswith("temperature") for a in predict)  # GRPO keys: training only
+    train = next(recipe for command, _, recipe in calls if command == "train")
+    assert {"dataset": "g_grpo", "num_generations": 2, "beta": 0.0, "max_steps": 3, "temperature": 0.5}.items() <= \
+        train.items()
+    predict = next(recipe for command, _, recipe in calls if command == "predict" and "grpo-" in recipe["output_dir"])
+    assert {"eval_dataset": "g_val", "max_new_tokens": 8,
+            "adapter_name_or_path": "reports/g/runs/grpo-beta0.0_num_generations2-s42/train"}.items() <= predict.items()
+    assert "temperature" not in predict  # GRPO keys: training only
 
     table = (tmp_path / "reports/g/sweep.md").read_text()
     assert "the 4 questions of `train.jsonl` after the first 6 (dataset `g_val`)" in table
@@ -84,7 +89,7 @@ def test_grpo_grid_runs_each_point_once_scores_on_the_val_slice_and_writes_the_b
     calls.clear()
     assert main(["sweep", "sweep.yaml", "overrides.grpo.temperature=0.5"]) == 0 and calls == []  # all done: skipped
     assert main(["sweep", "sweep.yaml", "grid.grpo.beta=[0.0,0.1]", "overrides.grpo.temperature=0.5"]) == 0
-    assert {c[0] for c in calls} == {"train", "predict", "eval"} and all("beta0.1" in " ".join(c) for c in calls)
+    assert {c[0] for c in calls} == {"train", "predict", "eval"} and all("beta0.1" in c[1] for c in calls)
 
 
 def test_offset_drops_the_first_records_and_their_later_duplicates(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import field
 from typing import TYPE_CHECKING, Any, get_type_hints
 
+from qalign.errors import checked_number
 from qalign.grpo.rewards import DEFAULT_REWARDS, REWARD_FUNCS
 
 if TYPE_CHECKING:
@@ -129,16 +130,8 @@ def _split(value: Any) -> list[str] | None:
 
 def _number(args: Any, name: str, kind: type, low: float, high: float | None = None,
             strict: bool = False, why: str = "") -> Any:
-    value = getattr(args, name)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
-    if ok:
-        value = kind(value)
-        ok = (value > low if strict else value >= low) and (high is None or value <= high)
-    if not ok:
-        bound = f"{'>' if strict else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-        kind_name = "an integer" if kind is int else "a number"
-        raise ValueError(f"`{name}` must be {kind_name} {bound}{f' ({why})' if why else ''}, got {value!r}.")
-    return value
+    """The field `name` of `args` checked by qalign's one number check (`strict`: above `low`, not at it)."""
+    return checked_number(getattr(args, name), name, kind, low, high, low_open=strict, why=why)
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -7,12 +7,12 @@ Relative paths are read from the current folder (the repo root, where dataset_in
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import qalign
-from qalign.errors import QalignError
+from qalign.errors import QalignError, checked_number
 from qalign.io import read_yaml_mapping
 from qalign.overrides import apply_dotlist
 
@@ -21,14 +21,6 @@ RECIPE_FILE = {"sft": "sft.yaml", "cot": "sft.yaml", "dpo": "dpo.yaml", "orpo": 
                "grpo": "grpo.yaml", "predict": "predict.yaml"}
 REPO_ROOT = Path(qalign.__file__).resolve().parents[1]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_REQUIRED = ("name", "model", "template", "recipes", "train", "test")
-_DEFAULTS: dict[str, Any] = {
-    "top_k": 5, "prompt": "answer_only", "methods": ["sft", "dpo", "orpo", "kto", "grpo"], "seeds": [42],
-    "cot_teacher": None, "cot_prompt": "think_then_answer", "cot_min_f1": 0.9, "train_limit": None,
-    "test_limit": None, "output": None, "bootstrap": {}, "train_args": {}, "predict_args": {}, "mining_args": {},
-    "overrides": {}, "from_sft": [], "teach_args": {}, "test_split": None,
-    "val_limit": None, "retrieve": None,
-}
 # methods that can continue the SFT adapter instead of starting from the base model (`from_sft`); for cot
 # (teacher `self`) the SFT model of the seed is the teacher
 FROM_SFT_METHODS = ("dpo", "orpo", "kto", "grpo", "cot")
@@ -40,8 +32,57 @@ SPLITS = ("dev", "test", "validation")
 
 
 @dataclass
+class StudyFile:
+    """The keys of a study file as written. The fields without a default are required; every other field's default
+    is that key's default (build_config checks each value)."""
+
+    name: Any
+    model: Any
+    template: Any
+    recipes: Any
+    train: Any
+    test: Any
+    top_k: Any = 5
+    prompt: Any = "answer_only"
+    methods: Any = field(default_factory=lambda: ["sft", "dpo", "orpo", "kto", "grpo"])
+    seeds: Any = field(default_factory=lambda: [42])
+    cot_teacher: Any = None
+    cot_prompt: Any = "think_then_answer"
+    cot_min_f1: Any = 0.9
+    train_limit: Any = None
+    test_limit: Any = None
+    output: Any = None  # default: reports/NAME
+    bootstrap: Any = field(default_factory=dict)  # Bootstrap's keys
+    train_args: Any = field(default_factory=dict)
+    predict_args: Any = field(default_factory=dict)
+    mining_args: Any = field(default_factory=dict)
+    overrides: Any = field(default_factory=dict)
+    from_sft: Any = field(default_factory=list)
+    teach_args: Any = field(default_factory=dict)
+    test_split: Any = None  # default: from the test file's name
+    val_limit: Any = None
+    retrieve: Any = None
+
+
+@dataclass
+class Bootstrap:
+    """The `bootstrap:` block of a study file, with its defaults."""
+
+    samples: Any = 1000
+    seed: Any = 0
+    level: Any = 0.95
+
+
+def _keys(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+_REQUIRED = tuple(f.name for f in fields(StudyFile) if f.default is MISSING and f.default_factory is MISSING)
+
+
+@dataclass(kw_only=True)
 class StudyConfig:
-    """A resolved study: every key of study.yaml after defaults and command-line overrides."""
+    """A resolved study: every key of study.yaml after defaults (StudyFile's) and command-line overrides."""
 
     name: str
     model: str
@@ -50,32 +91,32 @@ class StudyConfig:
     train: str
     test: str
     output: Path
-    source: Path | None = None
-    top_k: int = 5
-    prompt: str = "answer_only"
-    methods: list[str] = field(default_factory=lambda: list(_DEFAULTS["methods"]))
-    seeds: list[int] = field(default_factory=lambda: [42])
-    cot_teacher: Teacher = None
-    cot_prompt: str = "think_then_answer"
-    cot_min_f1: float = 0.9
-    train_limit: int | None = None
-    test_limit: int | None = None
-    bootstrap_samples: int = 1000
-    bootstrap_seed: int = 0
-    level: float = 0.95
-    train_args: dict[str, Any] = field(default_factory=dict)
-    predict_args: dict[str, Any] = field(default_factory=dict)
-    mining_args: dict[str, Any] = field(default_factory=dict)
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    from_sft: list[str] = field(default_factory=list)
-    teach_args: dict[str, Any] = field(default_factory=dict)
-    split: str = "test"  # what `test` is: dev, test or validation (the report says which)
-    val_limit: int | None = None  # score on the val_limit train-file questions after the first train_limit
-    raw: dict[str, Any] = field(default_factory=dict)
-    methods_exact: bool = False  # `methods` came from --methods (or methods=...): exactly the rows, no implied cot
+    source: Path | None
+    top_k: int
+    prompt: str
+    methods: list[str]
+    seeds: list[int]
+    cot_teacher: Teacher
+    cot_prompt: str
+    cot_min_f1: float
+    train_limit: int | None
+    test_limit: int | None
+    bootstrap_samples: int
+    bootstrap_seed: int
+    level: float
+    train_args: dict[str, Any]
+    predict_args: dict[str, Any]
+    mining_args: dict[str, Any]
+    overrides: dict[str, dict[str, Any]]
+    from_sft: list[str]
+    teach_args: dict[str, Any]
+    split: str  # what `test` is: dev, test or validation (the report says which)
+    val_limit: int | None  # score on the val_limit train-file questions after the first train_limit
+    raw: dict[str, Any]  # the study file's keys after defaults and overrides
+    methods_exact: bool  # `methods` came from --methods (or methods=...): exactly the rows, no implied cot
     # the `retrieve:` block resolved (corpus, top_k, index, and the raw train/test it retrieves for); `train` and
     # `test` above are then the retrieved files under OUTPUT/retrieved/
-    retrieve: dict[str, Any] | None = None
+    retrieve: dict[str, Any] | None
 
     def dataset(self, what: str) -> str:
         """Study-namespaced dataset name, e.g. `<name>_train`."""
@@ -143,23 +184,12 @@ def _int_list(value: Any, key: str, where: str) -> list[int]:
 
 def _number(value: Any, key: str, where: str, kind: type, low: float | None = None, high: float | None = None,
             *, optional: bool = False, open_range: bool = False) -> Any:
-    """`value` as int/float within [low, high] ((low, high) with open_range); None when optional."""
-    if value is None and optional:
-        return None
+    """qalign's number check (qalign.errors.checked_number) as a study file error at `where`."""
     try:
-        ok = not isinstance(value, bool) and (kind is float or float(value).is_integer())
-        number = kind(value) if ok else None
-    except (TypeError, ValueError):
-        number = None
-    inside = number is not None and (low is None or (number > low if open_range else number >= low)) and (
-        high is None or (number < high if open_range else number <= high))
-    if not inside:
-        what = "an integer" if kind is int else "a number"
-        bounds = ("" if low is None else f" {'>' if open_range else '>='} {low}") + (
-            "" if high is None else f" and {'<' if open_range else '<='} {high}")
-        none = " (or null)" if optional else ""
-        raise QalignError(f"{where}: `{key}` must be {what}{bounds}{none}, got {value!r}.")
-    return number
+        return checked_number(value, key, kind, low, high, low_open=open_range, high_open=open_range,
+                              optional=optional)
+    except ValueError as exc:
+        raise QalignError(f"{where}: {exc}") from None
 
 
 def _from_sft(value: Any, methods: list[str], where: str) -> list[str]:
@@ -252,14 +282,16 @@ def build_config(spec: dict[str, Any], source: Path | None = None, *, exact_meth
     """Validate a study mapping (defaults filled in) and resolve it into a `StudyConfig`. A study file that names a
     `cot_teacher` asks for the cot row; with `exact_methods` (--methods) `methods` is the whole list."""
     where = str(source or "study")
-    unknown = sorted(set(spec) - set(_REQUIRED) - set(_DEFAULTS))
+    known = _keys(StudyFile)
+    unknown = sorted(set(spec) - set(known))
     if unknown:
         raise QalignError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
-                          f"{', '.join((*_REQUIRED, *_DEFAULTS))}.")
+                          f"{', '.join((*_REQUIRED, *(k for k in known if k not in _REQUIRED)))}.")
     missing = [key for key in _REQUIRED if spec.get(key) in (None, "")]
     if missing:
         raise QalignError(f"{where}: missing key(s) {', '.join(missing)}; see recipes/smollm2-135m/study.yaml.")
-    merged = {**_DEFAULTS, **spec}
+    given = StudyFile(**spec)
+    merged = {**{k: getattr(given, k) for k in known if k not in _REQUIRED}, **spec}  # defaults first, as written
     name = str(merged["name"])
     if not _NAME.match(name):
         raise QalignError(f"{where}: name {name!r} must use letters, digits, '.', '_' or '-' (it prefixes datasets).")
@@ -273,10 +305,12 @@ def build_config(spec: dict[str, Any], source: Path | None = None, *, exact_meth
         if method not in (*METHODS, "base"):
             raise QalignError(f"{where}: overrides.{method}: not a method; use one of {', '.join(METHODS)}, base.")
         overrides[method] = _mapping(value, f"overrides.{method}", where)
-    boot = _mapping(merged["bootstrap"], "bootstrap", where)
-    stray = sorted(set(boot) - {"samples", "seed", "level"})
+    block = _mapping(merged["bootstrap"], "bootstrap", where)
+    stray = sorted(set(block) - set(_keys(Bootstrap)))
     if stray:
-        raise QalignError(f"{where}: bootstrap: unknown key(s) {', '.join(stray)}; known: samples, seed, level.")
+        raise QalignError(f"{where}: bootstrap: unknown key(s) {', '.join(stray)}; known: "
+                          f"{', '.join(_keys(Bootstrap))}.")
+    boot = Bootstrap(**block)
     teacher = _teacher(merged["cot_teacher"], where)
     if teacher and not exact_methods and "cot" not in methods:
         methods.append("cot")
@@ -302,9 +336,9 @@ def build_config(spec: dict[str, Any], source: Path | None = None, *, exact_meth
         cot_min_f1=_number(merged["cot_min_f1"], "cot_min_f1", where, float, 0, 1),
         train_limit=_number(merged["train_limit"], "train_limit", where, int, 1, optional=True),
         test_limit=_number(merged["test_limit"], "test_limit", where, int, 1, optional=True),
-        bootstrap_samples=_number(boot.get("samples", 1000), "bootstrap.samples", where, int, 1),
-        bootstrap_seed=_number(boot.get("seed", 0), "bootstrap.seed", where, int, 0),
-        level=_number(boot.get("level", 0.95), "bootstrap.level", where, float, 0, 1, open_range=True),
+        bootstrap_samples=_number(boot.samples, "bootstrap.samples", where, int, 1),
+        bootstrap_seed=_number(boot.seed, "bootstrap.seed", where, int, 0),
+        level=_number(boot.level, "bootstrap.level", where, float, 0, 1, open_range=True),
         train_args=_mapping(merged["train_args"], "train_args", where),
         predict_args=_mapping(merged["predict_args"], "predict_args", where),
         mining_args=_mapping(merged["mining_args"], "mining_args", where), overrides=overrides,

@@ -3,6 +3,8 @@
 Each step is one `qalign ...` command with a done-marker (the file it writes) and the steps it needs; a data step
 is done only when its registry entry describes that file exactly (so a kill between writing and registering it
 reruns the step). Runs live in OUTPUT/runs/<run>/{train,predict,eval}; <run> is `base` or `<method>-s<seed>`.
+A train or predict step runs `qalign train|predict OUTPUT/runs/<run>/{train,predict}/recipe.yaml`: the model's
+recipe with the study's keys merged on top (`RecipeFile`), written when the step runs and kept beside its outputs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from qalign.overrides import override_args, override_value
+from qalign.overrides import override_args, override_value, read_recipe
 from qalign.paths import dataset_file, jsonl_file
 from qalign.study.config import StudyConfig
 
@@ -24,10 +26,50 @@ TEACH_KEYS = ("num_samples", "temperature", "top_p", "max_new_tokens", "answer_t
               "batch_size", "batch_tokens", "device", "timeout", "retries", "concurrency")
 
 
+RECIPE_NAME = "recipe.yaml"  # a train/predict step's merged recipe, in its output folder
+
+
+@dataclass(frozen=True)
+class RecipeFile:
+    """A train/predict step's recipe: `source` (the model's recipe) with `keys` (the study's, later layers already
+    merged in) on top, written to `path`, as LLaMA-Factory keeps training_args.yaml beside the run."""
+
+    path: Path
+    source: Path
+    keys: dict[str, Any]
+
+    def content(self) -> dict[str, Any]:
+        """The merged recipe (qalign.overrides.read_recipe: the file, then the keys)."""
+        return read_recipe(self.source, layers=[self.keys])
+
+    def write(self) -> None:
+        """Write the merged recipe atomically, unless the file already holds exactly that."""
+        import yaml
+
+        from qalign.io import atomic_write_text
+
+        text = (f"# {self.source} with the study's keys on top (written by `qalign study` for this step)\n"
+                + yaml.safe_dump(self.content(), sort_keys=False, allow_unicode=True))
+        try:
+            if self.path.read_text(encoding="utf-8") == text:
+                return
+        except OSError:
+            pass
+        atomic_write_text(self.path, text)
+
+    def record(self) -> dict[str, Any]:
+        """What the step record keeps of it: a changed source or key runs the step again, as a changed argv does."""
+        return {"from": str(self.source), "keys": self.keys}
+
+    def legacy_argv(self, command: str) -> list[str]:
+        """The argv such a step had before recipe files (recipe + key=value): its old records still count as done."""
+        return [command, str(self.source), *override_args(self.keys)]
+
+
 @dataclass
 class Step:
     """One command of the study: `qalign ARGV`, done when `done` exists (and `verify` holds); `check` says why it
-    cannot run."""
+    cannot run; `recipe`, for a train/predict step, is the recipe file ARGV names, written before it runs."""
 
     name: str
     argv: list[str]
@@ -36,10 +78,22 @@ class Step:
     run: str | None = None  # the table row (run id) this step produces
     check: Callable[[], str | None] = field(default=lambda: None, repr=False)
     verify: Callable[[], bool] | None = field(default=None, repr=False)  # more than `done` existing
+    recipe: RecipeFile | None = None
 
     def is_done(self) -> bool:
         """The done-marker exists and, for a data step, the registry entry describes it exactly."""
         return self.done.exists() and (self.verify is None or self.verify())
+
+    def peak_argv(self) -> list[str]:
+        """The argv the GPU budget keys peaks by: a train step by its model recipe (sft, dpo, ...), not recipe.yaml."""
+        return [self.argv[0], str(self.recipe.source)] if self.recipe else self.argv
+
+
+def recipe_step(name: str, command: str, source: Path, folder: Path, keys: dict[str, Any], done: Path,
+                needs: tuple[str, ...], run: str, check: Callable[[], str | None]) -> Step:
+    """`qalign COMMAND FOLDER/recipe.yaml`, the recipe being `source` with `keys` on top."""
+    recipe = RecipeFile(folder / RECIPE_NAME, source, keys)
+    return Step(name, [command, str(recipe.path)], done, needs, run, check, recipe=recipe)
 
 
 BASE_COT = "base_cot"  # the run id of the base model with the CoT prompt
@@ -233,8 +287,9 @@ def _predict_eval(cfg: StudyConfig, run: str, method: str, adapter: Path | None,
     predictions = folder / "predict" / "generated_predictions.jsonl"
     recipe = cfg.recipe("predict")
     return [
-        Step(f"predict {run}", ["predict", str(recipe), *override_args(base_args, cfg.predict_args, predict_over)],
-             predictions, (*needs, f"data {test}"), run, _file_check(recipe, "the predict recipe")),
+        recipe_step(f"predict {run}", "predict", recipe, folder / "predict",
+                    {**base_args, **cfg.predict_args, **predict_over}, predictions, (*needs, f"data {test}"), run,
+                    _file_check(recipe, "the predict recipe")),
         Step(f"eval {run}", ["eval", "--predictions", str(predictions), "--gold",
                              str(dataset_file(cfg.dataset(test))), "--output", str(folder / "eval")],
              folder / "eval" / "summary.json", (f"predict {run}",), run),
@@ -270,9 +325,9 @@ def _method_steps(cfg: StudyConfig, steps: list[Step], method: str, seed: int, r
         if mined:
             base_args |= {"ref_model": cfg.model, "ref_model_adapters": str(sft_adapter)}
         needs = (f"train {sft_run}",)
-    train = Step(f"train {run}", ["train", str(recipe), *override_args(base_args, cfg.train_args, overrides)],
-                 train_dir / "train_results.json", (f"data {data}", *needs), run,
-                 _file_check(recipe, f"no {method.upper()} recipe for this model"))
+    train = recipe_step(f"train {run}", "train", recipe, train_dir, {**base_args, **cfg.train_args, **overrides},
+                        train_dir / "train_results.json", (f"data {data}", *needs), run,
+                        _file_check(recipe, f"no {method.upper()} recipe for this model"))
     steps.append(train)
     steps += _predict_eval(cfg, run, method, train_dir, (train.name,))
 

@@ -2,8 +2,9 @@
 
 A step is finished when its done-marker exists and the command recorded when it last ran (OUTPUT/steps/) is the
 same; a step whose input step ran in this invocation is run again. A failed step blocks the steps that need it
-and the study goes on with the others. A step starts only once every step it needs has finished, so the plan's
-needs must name every input a step reads (`--jobs N` runs independent steps side by side).
+and the study goes on with the others. A step starts only once every step it needs has finished (graphlib's
+TopologicalSorter), so the plan's needs must name every input a step reads (`--jobs N` runs independent steps side
+by side).
 
 `--jobs auto` (the default; one step at a time without a visible GPU) starts a ready step only when the GPU's free
 memory covers its peak (qalign.study.gpu_budget), at most one step per CPU core; a step waiting for memory says so
@@ -25,8 +26,10 @@ import re
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
+from qalign.errors import QalignError
 from qalign.io import atomic_write_json
 from qalign.study.gpu_budget import GIB, GpuBudget, detect, read_peak
 from qalign.study.plan import Step, step_dependencies
@@ -91,11 +94,24 @@ def command_line(step: Step) -> str:
     return "qalign " + " ".join(shlex.quote(arg) for arg in step.argv)
 
 
-def _recorded(state_dir: Path, step: Step) -> list[str] | None:
+def _recorded(state_dir: Path, step: Step) -> dict | None:
+    """The step's record (OUTPUT/steps/NAME.json) when it holds an argv, else None."""
     try:
-        return json.loads((state_dir / f"{slug(step.name)}.json").read_text(encoding="utf-8"))["argv"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads((state_dir / f"{slug(step.name)}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) and isinstance(record.get("argv"), list) else None
+
+
+def _same_command(record: dict | None, step: Step) -> bool:
+    """No record (the done-marker decides), or the record ran this command: the same argv and, for a step with a
+    recipe file, the same recipe and keys (or the recipe + key=value argv such a step had before recipe files)."""
+    if record is None:
+        return True
+    if step.recipe is None:
+        return record["argv"] == step.argv
+    same = record["argv"] == step.argv and record.get("recipe") == step.recipe.record()
+    return same or record["argv"] == step.recipe.legacy_argv(step.argv[0])
 
 
 def _error_line(log: Path) -> str:
@@ -155,7 +171,14 @@ def run_steps(
     results: dict[str, StepResult] = {}
     ran: set[str] = set()
     total = len(steps)
-    pending = list(enumerate(steps, start=1))
+    sorter = TopologicalSorter({step.name: step.needs for step in steps})  # a step is ready once its needs finished
+    try:
+        sorter.prepare()
+    except CycleError as exc:  # the needs go round in a circle: nothing could ever start
+        circle = set(exc.args[1])
+        raise ValueError(f"steps wait on each other: {', '.join(s.name for s in steps if s.name in circle)}") from None
+    by_name = {step.name: (index, step) for index, step in enumerate(steps, start=1)}
+    eligible: list[tuple[int, Step]] = []  # needs finished, not settled yet: in plan order
     running: dict[Future, _Running] = {}
     ready: list[tuple[int, Step]] = []  # settled, to run: waiting for memory (or, in a full pass, a slot)
     requeued: list[tuple[int, Step]] = []  # ran out of memory beside others: to run alone on an idle GPU
@@ -166,7 +189,7 @@ def run_steps(
     waiting_said: set[str] = set()
     if budget:
         for step in steps:
-            budget.learn(step.argv, read_peak(state_dir / f"{slug(step.name)}.json"))
+            budget.learn(step.peak_argv(), read_peak(state_dir / f"{slug(step.name)}.json"))
         echo(f"jobs auto: a step starts when the GPU's free memory covers its peak, up to {jobs} at once")
 
     def settle(index: int, step: Step) -> bool:
@@ -182,9 +205,9 @@ def run_steps(
             results[step.name] = blocked
             echo(f"{label}: not run ({blocked.reason})")
             return True
-        recorded = _recorded(state_dir, step)
+        same = _same_command(_recorded(state_dir, step), step)
         fresh_inputs = any(need in ran for need in step.needs)
-        if not force and not fresh_inputs and recorded in (None, step.argv) and step.is_done():
+        if not force and not fresh_inputs and same and step.is_done():
             results[step.name] = StepResult("done")
             echo(f"{label}: skip (done)")
             return True
@@ -194,15 +217,22 @@ def run_steps(
             echo(f"{label}: would run {command_line(step)}")
             return True
         why = ("" if force or not step.done.exists() else " (inputs changed)" if fresh_inputs
-               else " (command changed)" if recorded not in (None, step.argv)
+               else " (command changed)" if not same
                else " (its registry entry does not describe the file)")
+        if step.recipe is not None:
+            try:  # its recipe file: the model's recipe with the study's keys, as the step will read it
+                step.recipe.write()
+            except QalignError as exc:
+                results[step.name] = StepResult("failed", str(exc))
+                echo(f"{label}: cannot run: {exc}")
+                return True
         starting[step.name] = f"{label}: running{why} ..."  # printed when it starts (it may wait for memory)
         return False
 
     def need_of(step: Step) -> int:
         if step.name in raised:
             return raised[step.name]
-        return budget.need(step.argv, read_peak(state_dir / f"{slug(step.name)}.json")) if budget else 0
+        return budget.need(step.peak_argv(), read_peak(state_dir / f"{slug(step.name)}.json")) if budget else 0
 
     def start(index: int, step: Step, need: int) -> None:
         echo(starting.pop(step.name))
@@ -244,7 +274,7 @@ def run_steps(
         allocated = read_peak(_peak_file(log), "peak_allocated_bytes")  # recorded beside it: what tensors used
         _peak_file(log).unlink(missing_ok=True)
         if budget:
-            budget.learn(step.argv, peak)  # an out-of-memory peak too: a lower bound of what the step needs
+            budget.learn(step.peak_argv(), peak)  # an out-of-memory peak too: a lower bound of what the step needs
         company = step.name in overlapped or (budget is not None and budget.busy())  # ours, or others' processes
         if code != 0 and company and step.name not in retried and _out_of_memory(log):
             kept = log.with_suffix(".oom.log")
@@ -270,6 +300,8 @@ def run_steps(
             echo(f"{label}: FAILED in {seconds:.0f} s: {reason}")
             return
         record = {"argv": step.argv, "seconds": round(seconds, 1)}
+        if step.recipe is not None:
+            record["recipe"] = step.recipe.record()
         if peak is not None:
             record["peak_gpu_bytes"] = peak
         if allocated is not None:
@@ -282,27 +314,42 @@ def run_steps(
         ran.add(step.name)
         echo(f"{label}: ok ({seconds:.0f} s)")
 
+    def take_ready() -> None:
+        eligible.extend(by_name[name] for name in sorter.get_ready())
+        eligible.sort(key=lambda item: item[0])
+
+    def settle_pass() -> bool:
+        """Settle eligible steps in plan order while a slot is free (a step that needs no run frees its dependants
+        at once: those later in the plan come in this pass, earlier ones in the next); whether any was settled."""
+        position, progress = 0, False
+        while len(running) + len(ready) < jobs:
+            item = next((item for item in eligible if item[0] > position), None)
+            if item is None:
+                break
+            eligible.remove(item)
+            position, progress = item[0], True
+            if settle(*item):
+                sorter.done(item[1].name)
+                take_ready()
+            else:
+                ready.append(item)
+                launch()  # at once when it may: the lines come in the order they always did
+        return progress
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while pending or ready or requeued or running:
-            progress = True
-            while progress and len(running) + len(ready) < jobs:
-                progress = False
-                for item in list(pending):
-                    index, step = item
-                    if len(running) + len(ready) >= jobs or not all(need in results for need in step.needs):
-                        continue  # a need is still running, or no slot is free
-                    pending.remove(item)
-                    progress = True
-                    if not settle(index, step):
-                        ready.append(item)
-                        launch()  # at once when it may: the lines come in the order they always did
+        take_ready()
+        while sorter.is_active():
+            while settle_pass():
+                pass
             launch()
             if not running:  # launch starts a step whenever none runs, so nothing is ready or re-queued
-                if pending:  # nothing runs and nothing is ready: the needs go round in a circle
-                    raise ValueError(f"steps wait on each other: {', '.join(step.name for _, step in pending)}")
                 break
             timeout = poll if ready and not requeued else None  # memory may free up outside our steps
             finished, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in finished:
-                finish(running.pop(future), future.result())
+                run = running.pop(future)
+                finish(run, future.result())
+                if run.step.name in results:  # finished (not re-queued after running out of memory)
+                    sorter.done(run.step.name)
+                    take_ready()
     return results
