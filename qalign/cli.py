@@ -17,14 +17,14 @@ INTERMIXED = ("study", "sweep")  # FILE [KEY=VALUE ...] with --options anywhere
 def run_llamafactory(argv: list[str]) -> int:
     """Run `llamafactory-cli ARGV...` in this process, with qalign's extensions registered first."""
     from qalign.converters.kto_weights import resolve_auto_weights
-    from qalign.servers import bind_loopback
-    from qalign.train_args import (
+    from qalign.lf.recipe_checks import (
         RECIPE_COMMANDS,
         check_grpo_values,
         check_recipe_argv,
         check_train_keys,
         check_train_usage,
     )
+    from qalign.lf.servers import bind_loopback
 
     config = None
     train = bool(argv) and argv[0] == "train"
@@ -41,7 +41,7 @@ def run_llamafactory(argv: list[str]) -> int:
         print(where, file=sys.stderr, flush=True)
     from llamafactory.cli import main as llamafactory_main
 
-    from qalign.register import register_all
+    from qalign.lf.register import register_all
 
     register_all()  # GRPO stage, webui, torchrun worker: before LLaMA-Factory parses anything
     if train and config is not None:

@@ -81,7 +81,7 @@ def run_predict(args: dict[str, Any]) -> dict[str, Any]:
 def _llamafactory_predict(args: dict[str, Any]) -> dict[str, Any]:
     from llamafactory.train.tuner import run_exp
 
-    from qalign.register import register_all
+    from qalign.lf.register import register_all
 
     register_all()
     started = time.perf_counter()
@@ -156,7 +156,7 @@ def generation_kwargs(generating_args: Any, tokenizer: Any) -> dict[str, Any]:
 
 def _row_ids(data_args: Any, count: int) -> list[str | None]:
     """Each eval row's `id` (None where a row has none); LLaMA-Factory must have kept every row to pair them."""
-    from qalign.lf_datasets import registered_rows
+    from qalign.lf.datasets import registered_rows
 
     try:
         rows = registered_rows(data_args.eval_dataset, data_args.dataset_dir, data_args.max_samples, "qalign predict")

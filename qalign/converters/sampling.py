@@ -183,7 +183,7 @@ class Sampler:
         # LLaMA-Factory's INFO logs would bury the progress bar and the summary; LLAMAFACTORY_VERBOSITY=INFO shows them
         os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
         from qalign.generation import BatchGenerator, BatchLimits
-        from qalign.inference import InferenceSetup
+        from qalign.lf.inference import InferenceSetup
 
         args: dict[str, Any] = {"model_name_or_path": config.model, "template": config.template,
                                 "finetuning_type": "lora"}

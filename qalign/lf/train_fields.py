@@ -117,7 +117,7 @@ def cached_fields() -> tuple[dict[str, Any], dict[str, Any]] | None:
 
 def live_fields() -> tuple[dict[str, Any], dict[str, Any]]:
     """(LLaMA-Factory fields, GRPO fields) from the imported classes (slow); writes the cache for the next run."""
-    from qalign.register import register_all
+    from qalign.lf.register import register_all
 
     register_all()  # `stage: grpo` becomes a valid stage
     fields, grpo = llamafactory_fields(), grpo_fields()

@@ -9,7 +9,7 @@ naming it. Patch points:
 2. `train.tuner._training_function`: wrapped; stage grpo -> `qalign.grpo.train_grpo`, any other stage -> the
    original, untouched (so an unknown stage still gets LLaMA-Factory's own error).
 3. `extras.constants.TRAINING_STAGES`: gains "GRPO" in place; the web UI modules share that dict object.
-4. `launcher.__file__`: what `FORCE_TORCHRUN=1` hands torchrun; becomes `-m qalign.worker` (register, then
+4. `launcher.__file__`: what `FORCE_TORCHRUN=1` hands torchrun; becomes `-m qalign.lf.worker` (register, then
    run_exp) so every worker knows the stage. `-m` keeps the package folder off sys.path[0].
 5. `webui.runner`: the trainer subprocess `llamafactory-cli train X.yaml` becomes `python -m qalign.cli train
    X.yaml`; the GRPO fields enter the args when the stage is GRPO; the command preview says `qalign train`.
@@ -45,7 +45,7 @@ TESTED_LLAMAFACTORY = "0.9.5"
 ALLOW_UNTESTED = "QALIGN_ALLOW_UNTESTED_LLAMAFACTORY"
 GRPO_STAGE = "grpo"
 GRPO_LABEL = "GRPO"
-WORKER = "-m qalign.worker"
+WORKER = "-m qalign.lf.worker"
 # pref_loss values of LLaMA-Factory's Literal that run what they name: TRL 0.24's dpo_loss, LLaMA-Factory's own
 TRL_DPO_LOSSES = ("sigmoid", "hinge", "ipo")
 LF_PREF_LOSSES = ("orpo", "simpo")
@@ -59,7 +59,7 @@ class PatchError(QalignError):
 
 def _fix_hint() -> str:
     return (f"qalign was tested with llamafactory=={TESTED_LLAMAFACTORY}: `pip install llamafactory=="
-            f"{TESTED_LLAMAFACTORY}`, or port qalign/register.py (QALIGN_NO_AUTOREGISTER=1 keeps plain "
+            f"{TESTED_LLAMAFACTORY}`, or port qalign/lf/register.py (QALIGN_NO_AUTOREGISTER=1 keeps plain "
             "llamafactory-cli free of qalign meanwhile).")
 
 
@@ -67,7 +67,7 @@ def _check_version(module: ModuleType) -> None:
     version = getattr(module, "__version__", None)
     if version == TESTED_LLAMAFACTORY:
         return
-    message = (f"qalign/register.py patches LLaMA-Factory {TESTED_LLAMAFACTORY}, but llamafactory {version} is "
+    message = (f"qalign/lf/register.py patches LLaMA-Factory {TESTED_LLAMAFACTORY}, but llamafactory {version} is "
                f"installed ({getattr(module, '__file__', '?')}). {_fix_hint()} "
                f"Set {ALLOW_UNTESTED}=1 to try it anyway.")
     if os.environ.get(ALLOW_UNTESTED, "").strip().lower() in ("1", "true", "yes", "on"):
@@ -82,7 +82,7 @@ def _require(module: ModuleType, *path: str) -> Any:
     for depth, name in enumerate(path):
         if not hasattr(target, name):
             where = ".".join([module.__name__, *path[:depth + 1]])
-            raise PatchError(f"qalign/register.py: patch point `{where}` is missing in llamafactory "
+            raise PatchError(f"qalign/lf/register.py: patch point `{where}` is missing in llamafactory "
                              f"{_installed_version()}. {_fix_hint()}")
         target = getattr(target, name)
     return target
@@ -156,7 +156,7 @@ def _patch_stage_literal(module: ModuleType) -> None:
     cls = _require(module, "FinetuningArguments")
     _require(cls, "__dataclass_fields__")
     if "stage" not in cls.__dataclass_fields__:
-        raise PatchError(f"qalign/register.py: `FinetuningArguments.stage` is missing in llamafactory "
+        raise PatchError(f"qalign/lf/register.py: `FinetuningArguments.stage` is missing in llamafactory "
                          f"{_installed_version()}. {_fix_hint()}")
     stages = get_args(get_type_hints(cls)["stage"])
     if GRPO_STAGE not in stages:
@@ -195,8 +195,8 @@ def _patch_launcher(module: ModuleType) -> None:
     # launch() formats `file_name=__file__` (a module global) into the torchrun command when it runs.
     launch = _require(module, "launch")
     if "__file__" not in launch.__code__.co_names:
-        raise PatchError(f"qalign/register.py: `llamafactory.launcher.launch` no longer hands `__file__` to torchrun "
-                         f"in llamafactory {_installed_version()}. {_fix_hint()}")
+        raise PatchError(f"qalign/lf/register.py: `llamafactory.launcher.launch` no longer hands `__file__` to "
+                         f"torchrun in llamafactory {_installed_version()}. {_fix_hint()}")
     module.__file__ = WORKER
 
 
@@ -330,7 +330,7 @@ def _patch_dpo_trainer(module: ModuleType) -> None:
     compute = _require(cls, "compute_preference_loss")
     metrics = _require(cls, "get_batch_loss_metrics")
     if "loss_type" not in inspect.signature(_require(cls, "dpo_loss")).parameters:
-        raise PatchError(f"qalign/register.py: TRL's `DPOTrainer.dpo_loss` takes no `loss_type` under llamafactory "
+        raise PatchError(f"qalign/lf/register.py: TRL's `DPOTrainer.dpo_loss` takes no `loss_type` under llamafactory "
                          f"{_installed_version()}. {_fix_hint()}")
     if getattr(compute, "_qalign", False):
         return
