@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from qalign.generation import BatchGenerator, GenerationOutOfMemory
+from qalign.generate.engine import BatchGenerator, GenerationOutOfMemory
 
 
 @dataclass

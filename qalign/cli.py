@@ -65,12 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     from qalign.awq.quantize import add_quantize_parser
     from qalign.converters.cli import add_convert_parser
     from qalign.evaluators.cli import add_eval_parsers
+    from qalign.generate.predict import add_predict_parser
+    from qalign.generate.teach import add_teach_parser
     from qalign.model_setup import add_model_parser
-    from qalign.predict import add_predict_parser
     from qalign.retrieve.cli import add_retrieve_parser
     from qalign.study.cli import add_study_parser
     from qalign.sweep import add_sweep_parser
-    from qalign.teach import add_teach_parser
 
     parser = argparse.ArgumentParser(
         prog="qalign",

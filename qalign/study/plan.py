@@ -166,7 +166,7 @@ def teacher_file(cfg: StudyConfig, suffix: str) -> Path:
 
 def _teach_step(cfg: StudyConfig, suffix: str, adapter: Path | None) -> Step:
     """`qalign teach` from the study's model (+ the seed's SFT adapter) or from the endpoint."""
-    from qalign.teach import summary_path
+    from qalign.generate.teach import summary_path
 
     output = teacher_file(cfg, suffix)
     argv = ["teach", "--input", cfg.train, "--output", str(output), "--prompt", cfg.cot_prompt, "--top-k",

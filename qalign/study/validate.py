@@ -75,7 +75,7 @@ def _llamafactory_problems(cfg: StudyConfig) -> list[str]:
     fields, grpo_only = train_fields()  # cached per stack: no LLaMA-Factory import once a train has run
     grpo = {**fields, **grpo_only}
     problems = _key_problems("train_args", cfg.train_args, fields)
-    from qalign.predict import ENGINE_FIELDS
+    from qalign.generate.predict import ENGINE_FIELDS
 
     predict_fields = {**fields, **ENGINE_FIELDS}  # predict steps run `qalign predict`, which adds the engine keys
     problems += _key_problems("predict_args", cfg.predict_args, predict_fields)
@@ -91,7 +91,7 @@ def _llamafactory_problems(cfg: StudyConfig) -> list[str]:
 
 
 def _mining_problems(cfg: StudyConfig) -> list[str]:
-    from qalign.converters.sampling import SamplingConfig
+    from qalign.generate.sampling import SamplingConfig
     from qalign.lf.recipe_checks import accepts
     from qalign.study.plan import _MINING_KEYS, TEACH_KEYS
 

@@ -2,7 +2,8 @@
 
 The recipe is the one `qalign train predict.yaml` runs (stage sft, do_predict, predict_with_generate): LLaMA-Factory
 parses it, loads tokenizer, template, eval dataset (rendered and cut to cutoff_len exactly as do_predict renders it)
-and model (adapters merged), and builds the same `generate` keywords. Only the batching differs (qalign.generation):
+and model (adapters merged), and builds the same `generate` keywords. Only the batching differs
+(qalign.generate.engine):
 `do_predict` runs fixed batches of per_device_eval_batch_size in file order. The output is LLaMA-Factory's
 `generated_predictions.jsonl` ({prompt, predict, label}) plus each row's `id`, and `predict_results.json`.
 
@@ -22,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qalign.answer_stop import answer_stop
 from qalign.errors import QalignError
-from qalign.generation import BatchGenerator, BatchLimits
+from qalign.generate.answer_stop import answer_stop
+from qalign.generate.engine import BatchGenerator, BatchLimits
 from qalign.io import atomic_write_json, atomic_write_jsonl
 
 ENGINES = ("qalign", "llamafactory")
