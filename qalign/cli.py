@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qalign.model_setup import add_model_parser
     from qalign.retrieve.cli import add_retrieve_parser
     from qalign.study.cli import add_study_parser
-    from qalign.sweep import add_sweep_parser
+    from qalign.study.sweep import add_sweep_parser
 
     parser = argparse.ArgumentParser(
         prog="qalign",

@@ -39,7 +39,7 @@ def _edges(module: str) -> set[str]:
 
 
 def test_the_scan_sees_the_package() -> None:
-    assert {"qalign.cli", "qalign.sweep", "qalign.study.plan", "qalign.evaluators.predictions"} <= KNOWN
+    assert {"qalign.cli", "qalign.study.sweep", "qalign.study.plan", "qalign.evaluators.predictions"} <= KNOWN
     assert "qalign.overrides" in MODULES["qalign.study.plan"]
 
 
