@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qalign.evaluators.cli import add_eval_parsers
     from qalign.generate.predict import add_predict_parser
     from qalign.generate.teach import add_teach_parser
-    from qalign.model_setup import add_model_parser
+    from qalign.models.from_gguf import add_model_parser
     from qalign.retrieve.cli import add_retrieve_parser
     from qalign.study.cli import add_study_parser
     from qalign.study.sweep import add_sweep_parser
