@@ -13,7 +13,8 @@ naming it. Patch points:
    run_exp) so every worker knows the stage. `-m` keeps the package folder off sys.path[0].
 5. `webui.runner`: the trainer subprocess `llamafactory-cli train X.yaml` becomes `python -m qalign.cli train
    X.yaml`; the GRPO fields enter the args when the stage is GRPO; the command preview says `qalign train`.
-6. `webui.interface.create_train_tab`: wrapped to add a "GRPO (qalign)" accordion whose fields feed the runner.
+6. `webui.interface.create_train_tab`: wrapped to add a "GRPO (qalign)" accordion whose fields feed the runner
+   (the widgets: qalign/grpo/webui.py).
 7. `hparams.finetuning_args.FinetuningArguments.__post_init__`: wrapped; `stage: dpo` with a `pref_loss` that
    neither TRL 0.24's `dpo_loss` nor LLaMA-Factory implements (`kto_pair`) is refused (LLaMA-Factory would
    silently train the sigmoid loss).
@@ -206,20 +207,6 @@ def _qalign_popen(cmd: Any, *args: Any, **kwargs: Any) -> subprocess.Popen:
     return subprocess.Popen(cmd, *args, **kwargs)
 
 
-def _grpo_webui_args(manager: Any, data: dict[Any, Any]) -> dict[str, Any]:
-    def get(name: str) -> Any:
-        return data[manager.get_elem_by_id(f"train.grpo_{name}")]
-
-    return {
-        "num_generations": int(get("num_generations")),
-        "beta": float(get("beta")),
-        "temperature": float(get("temperature")),
-        "max_completion_length": int(get("max_completion_length")),
-        "reward_funcs": ",".join(get("reward_funcs") or []) or None,
-        "loss_type": get("loss_type"),
-    }
-
-
 def _patch_runner(module: ModuleType) -> None:
     runner_cls = _require(module, "Runner")
     if getattr(runner_cls, "_qalign", False):
@@ -231,39 +218,15 @@ def _patch_runner(module: ModuleType) -> None:
     def _parse_train_args(self: Any, data: dict[Any, Any]) -> dict[str, Any]:
         args = parse_train_args(self, data)
         if args.get("stage") == GRPO_STAGE:
-            args.update(_grpo_webui_args(self.manager, data))
+            from qalign.grpo.webui import grpo_train_args
+
+            args.update(grpo_train_args(self.manager, data))
         return args
 
     runner_cls._parse_train_args = _parse_train_args
     runner_cls._qalign = True
     module.Popen = _qalign_popen
     module.gen_cmd = lambda args: gen_cmd(args).replace("llamafactory-cli train", "qalign train", 1)
-
-
-def _grpo_components() -> dict[str, Any]:
-    import gradio as gr
-
-    from qalign.grpo.args import GRPO_DEFAULTS as default
-    from qalign.grpo.args import LOSS_TYPES
-    from qalign.grpo.rewards import DEFAULT_REWARDS, REWARD_FUNCS
-
-    # render=False: created before the Train tab so its buttons take them as inputs; rendered after it.
-    # Defaults are the stage's own (qalign.grpo.args.GRPO_DEFAULTS: TRL's GRPOConfig + QALIGN_DEFAULTS).
-    return {
-        "grpo_num_generations": gr.Slider(2, 64, value=default["num_generations"], step=1, label="num_generations",
-                                          render=False,
-                                          info="completions per prompt; batch size x grad accum must divide by it"),
-        "grpo_beta": gr.Slider(0, 1, value=default["beta"], step=0.001, label="beta", render=False,
-                               info="KL coefficient; 0 loads no reference model"),
-        "grpo_temperature": gr.Slider(0.05, 2, value=default["temperature"], step=0.05, label="temperature",
-                                      render=False),
-        "grpo_max_completion_length": gr.Slider(1, 4096, value=default["max_completion_length"], step=1,
-                                                label="max_completion_length", render=False),
-        "grpo_reward_funcs": gr.Dropdown(choices=list(REWARD_FUNCS), value=list(DEFAULT_REWARDS), multiselect=True,
-                                         label="reward_funcs", render=False),
-        "grpo_loss_type": gr.Dropdown(choices=list(LOSS_TYPES), value=default["loss_type"], label="loss_type",
-                                      render=False),
-    }
 
 
 def _patch_train_tab(module: ModuleType) -> None:
@@ -273,23 +236,16 @@ def _patch_train_tab(module: ModuleType) -> None:
 
     @functools.wraps(original)
     def create_train_tab(engine: Any) -> dict[str, Any]:
-        import gradio as gr
-        from llamafactory.extras.constants import TRAINING_STAGES
+        from qalign.grpo.webui import grpo_accordion, grpo_components
 
-        extra = _grpo_components()
+        extra = grpo_components()
         base_elems = engine.manager.get_base_elems
         engine.manager.get_base_elems = lambda: base_elems() | set(extra.values())  # the tab's input set
         try:
             elems = original(engine)
         finally:
             del engine.manager.get_base_elems
-        with gr.Accordion("GRPO (qalign)", open=True, visible=False) as grpo_tab:
-            with gr.Row():
-                for component in extra.values():
-                    component.render()
-        stage = elems["training_stage"]
-        stage.change(lambda value: gr.Accordion(visible=TRAINING_STAGES.get(value) == GRPO_STAGE),
-                     [stage], [grpo_tab], queue=False)
+        grpo_tab = grpo_accordion(extra, elems["training_stage"], GRPO_STAGE)
         return {**elems, "grpo_tab": grpo_tab, **extra}
 
     create_train_tab._qalign = True
