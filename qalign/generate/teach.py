@@ -28,6 +28,7 @@ from qalign.evaluators.metrics import f1_score
 from qalign.generate.endpoint import DEFAULT_KEY_ENV, EndpointConfig
 from qalign.generate.sampling import Question, SamplingConfig, prompted_questions, read_cache
 from qalign.io import atomic_write_json
+from qalign.paths import summary_path
 from qalign.records import load_records
 from qalign.text import extract_answer
 
@@ -177,11 +178,6 @@ def teach(args: argparse.Namespace) -> dict[str, int]:
             bar.set_postfix_str(f"keep@F1>={args.min_f1:g} {counts['keep']}/{bar.n} "
                                 f"({100 * counts['keep'] / max(bar.n, 1):.0f}%)")
     return counts
-
-
-def summary_path(output: str | Path) -> Path:
-    """`TEACHER.summary.json`, written when every question is done (the study's done-marker)."""
-    return Path(output).with_suffix(".summary.json")
 
 
 def run_teach(args: argparse.Namespace) -> int:
