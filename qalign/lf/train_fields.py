@@ -22,8 +22,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from qalign.errors import QalignError
 from qalign.io import atomic_write_text
 
-_PACKAGE = Path(__file__).resolve().parent
-_SOURCES = ("grpo/args.py", "register.py", "train_fields.py")  # qalign files whose change changes the table
+_PACKAGE = Path(__file__).resolve().parents[1]  # qalign/
+_SOURCES = ("grpo/args.py", "lf/register.py", "lf/train_fields.py")  # qalign files whose change changes the table
 _PLAIN = {t.__name__: t for t in (int, float, bool, str, list, tuple, dict)}
 
 
