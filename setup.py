@@ -7,7 +7,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-PTH = "qalign-autoregister.pth"  # see qalign/autoregister.py
+PTH = "qalign-autoregister.pth"  # see qalign/lf/autoregister.py
 
 
 class BuildPyWithStartupHook(build_py):

@@ -120,7 +120,7 @@ def load_recipe(recipe: Path, overrides: dict[str, Any]) -> dict[str, Any]:
 def run_recipe(recipe: Path, overrides: dict[str, Any], result_path: Path) -> dict[str, Any]:
     """Run the recipe in this process and write the measurements (or the error) to `result_path` as JSON."""
     from qalign.io import atomic_write_text
-    from qalign.register import register_all
+    from qalign.lf.register import register_all
 
     result: dict[str, Any] = {"recipe": str(recipe), "overrides": overrides, "ok": False}
     started = time.perf_counter()

@@ -30,7 +30,7 @@ def main() -> None:
     from trl import GRPOTrainer
 
     from qalign.grpo import trainer as qtrainer
-    from qalign.register import register_all
+    from qalign.lf.register import register_all
 
     spans: dict[str, float] = defaultdict(float)
     seen = {"generate_input_widths": []}

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from qalign.generation import BatchGenerator, GenerationOutOfMemory
+from qalign.generate.engine import BatchGenerator, GenerationOutOfMemory
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Engine:
     def __init__(
         self, model: str, template: str, trust_remote_code: bool = False, threads: int | None = None
     ) -> None:
-        from qalign.inference import InferenceSetup
+        from qalign.lf.inference import InferenceSetup
 
         started = time.perf_counter()
         self.model_path, self.template_name, self.threads = model, template, threads

@@ -17,14 +17,14 @@ INTERMIXED = ("study", "sweep")  # FILE [KEY=VALUE ...] with --options anywhere
 def run_llamafactory(argv: list[str]) -> int:
     """Run `llamafactory-cli ARGV...` in this process, with qalign's extensions registered first."""
     from qalign.converters.kto_weights import resolve_auto_weights
-    from qalign.servers import bind_loopback
-    from qalign.train_args import (
+    from qalign.lf.recipe_checks import (
         RECIPE_COMMANDS,
         check_grpo_values,
         check_recipe_argv,
         check_train_keys,
         check_train_usage,
     )
+    from qalign.lf.servers import bind_loopback
 
     config = None
     train = bool(argv) and argv[0] == "train"
@@ -41,7 +41,7 @@ def run_llamafactory(argv: list[str]) -> int:
         print(where, file=sys.stderr, flush=True)
     from llamafactory.cli import main as llamafactory_main
 
-    from qalign.register import register_all
+    from qalign.lf.register import register_all
 
     register_all()  # GRPO stage, webui, torchrun worker: before LLaMA-Factory parses anything
     if train and config is not None:
@@ -65,12 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     from qalign.awq.quantize import add_quantize_parser
     from qalign.converters.cli import add_convert_parser
     from qalign.evaluators.cli import add_eval_parsers
-    from qalign.model_setup import add_model_parser
-    from qalign.predict import add_predict_parser
+    from qalign.generate.predict import add_predict_parser
+    from qalign.generate.teach import add_teach_parser
+    from qalign.models.from_gguf import add_model_parser
     from qalign.retrieve.cli import add_retrieve_parser
     from qalign.study.cli import add_study_parser
-    from qalign.sweep import add_sweep_parser
-    from qalign.teach import add_teach_parser
+    from qalign.study.sweep import add_sweep_parser
 
     parser = argparse.ArgumentParser(
         prog="qalign",

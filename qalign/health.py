@@ -16,7 +16,7 @@ from typing import Any
 
 LEARNED, FLAT, UNMEASURED = "learned", "did not learn", "not measured"
 LN2 = math.log(2.0)
-PREFERENCE_LOSS = "preference_loss"  # logged by qalign/register.py: the preference term alone (no pref_ftx)
+PREFERENCE_LOSS = "preference_loss"  # logged by qalign/lf/register.py: the preference term alone (no pref_ftx)
 # the reward margin at which the sigmoid DPO loss -log σ(m) is 0.95 · ln 2, and at which both KTO terms
 # 1 - σ(m/2) are 0.95 · 0.5 (KL 0): the fallback bounds when the logged loss carries other terms
 DPO_MARGIN = -math.log(2 ** 0.95 - 1)

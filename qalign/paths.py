@@ -27,3 +27,14 @@ def dataset_file(name: str, dataset_dir: str | os.PathLike = ".") -> Path:
 def jsonl_file(stem: str, dataset_dir: str | os.PathLike = ".") -> Path:
     """A jsonl beside the datasets: a sample cache (`<name>.samples`, or a study's shared `<study>_samples`)."""
     return Path(dataset_dir) / DATA_FOLDER / f"{stem}.jsonl"
+
+
+def summary_path(output: str | os.PathLike) -> Path:
+    """`TEACHER.summary.json`, written by `qalign teach` when every question is done (the study's done-marker)."""
+    return Path(output).with_suffix(".summary.json")
+
+
+def recall_file(output: str | os.PathLike) -> Path:
+    """The recall@k summary `qalign retrieve` writes beside OUTPUT: `x.jsonl` -> `x.recall.json`."""
+    output = Path(output)
+    return output.with_name(output.name.removesuffix(".jsonl") + ".recall.json")

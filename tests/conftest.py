@@ -38,7 +38,7 @@ def smollm2(tmp_path_factory) -> Path:
     if (built / "config.json").is_file():
         return built
     from qalign.cli import main
-    from qalign.model_setup import bundled_smollm2_gguf
+    from qalign.models.from_gguf import bundled_smollm2_gguf
 
     try:
         bundled_smollm2_gguf()

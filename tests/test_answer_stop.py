@@ -1,4 +1,4 @@
-"""CoT rows stop at their answer line (qalign.answer_stop through the batch engine), and nothing else changes."""
+"""CoT rows stop at their answer line (qalign.generate.answer_stop through the batch engine); nothing else changes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qalign.answer_stop import AnswerStop, answer_stop
-from qalign.generation import BatchGenerator, BatchLimits
+from qalign.generate.answer_stop import AnswerStop, answer_stop
+from qalign.generate.engine import BatchGenerator, BatchLimits
 
 
 def _feed(pieces: list[str]) -> int | None:
@@ -74,7 +74,7 @@ def test_the_engine_stops_cot_rows_early_with_the_same_prefix(tiny_qwen3: Path) 
 
 
 def test_a_marker_alone_on_its_line_waits_for_the_answer_line() -> None:
-    from qalign.answer_stop import AnswerStop
+    from qalign.generate.answer_stop import AnswerStop
 
     pieces = ["<think>", "the passage says paris", "</think>", "\n\n", "The answer is:", "\n", "Paris", "\n"]
     stop = AnswerStop(lambda token: pieces[token], rows=1)

@@ -54,7 +54,7 @@ def test_recipe_parses_through_llamafactory(name: str, tiny_qwen3: Path, tmp_pat
         args["enable_liger_kernel"] = False
     if name == "grpo":
         from qalign.grpo.args import parse_grpo_args, split_grpo_args
-        from qalign.register import register_all
+        from qalign.lf.register import register_all
 
         register_all()
         args, grpo = split_grpo_args(args)

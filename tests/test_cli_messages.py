@@ -21,9 +21,9 @@ import pytest
 
 from qalign.cli import build_parser, main, parse_args
 from qalign.errors import QalignError
+from qalign.lf.recipe_checks import accepts, check_recipe_argv, check_train_keys, type_name
 from qalign.records import load_records
 from qalign.study.validate import check_study
-from qalign.train_args import accepts, check_recipe_argv, check_train_keys, type_name
 from tests.test_study_validate import STUDY, _study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_train_type_and_key_errors_come_before_the_imports(tmp_path: Path) -> No
 
 
 def test_cached_field_table_reads_back_the_same_types() -> None:
-    from qalign.train_fields import decode, encode, live_fields
+    from qalign.lf.train_fields import decode, encode, live_fields
 
     probes = [None, True, "true", 3, 2.5, "abc", [1], {"a": 1}, "sft", "grpo", "lora", "steps", "cosine", "adamw_torch"]
     for table in live_fields():

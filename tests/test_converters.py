@@ -283,3 +283,11 @@ def test_pick_answer_policies() -> None:
     assert pick_answer(["Leonardo da Vinci", "Leonardo"], "first") == "Leonardo da Vinci"
     assert pick_answer(["Leonardo da Vinci", "Leonardo"], "shortest") == "Leonardo"
     assert pick_answer(["ab", "cd"], "shortest") == "ab"
+
+
+def test_every_format_the_library_lists_is_a_convert_subcommand() -> None:
+    """The study plan asks converters/job.py's FORMAT_KINDS which converters exist; the CLI must offer the same."""
+    from qalign.converters.cli import SUBCOMMANDS
+    from qalign.converters.job import FORMAT_KINDS
+
+    assert [spec.name for spec in SUBCOMMANDS] == list(FORMAT_KINDS)

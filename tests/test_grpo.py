@@ -13,7 +13,7 @@ import pytest
 
 from qalign.grpo.args import build_grpo_config, parse_grpo_args, split_grpo_args, stage_of
 from qalign.grpo.rewards import DEFAULT_REWARDS, REWARD_FUNCS, em, f1, format_reward, subem
-from qalign.register import register_all
+from qalign.lf.register import register_all
 from tests.conftest import REPO
 
 QALIGN = [sys.executable, "-m", "qalign.cli"]
@@ -241,7 +241,7 @@ def test_launcher_command_names_the_qalign_worker(monkeypatch) -> None:
     monkeypatch.setattr(launcher.subprocess, "run", lambda cmd, **kw: seen.append(cmd) or Namespace(returncode=0))
     with pytest.raises(SystemExit):
         launcher.launch()
-    assert seen[0][0] == "torchrun" and seen[0][-4:] == ["-m", "qalign.worker", "grpo.yaml", "max_steps=1"]
+    assert seen[0][0] == "torchrun" and seen[0][-4:] == ["-m", "qalign.lf.worker", "grpo.yaml", "max_steps=1"]
 
 
 @pytest.mark.slow
@@ -295,7 +295,7 @@ def test_webui_lists_grpo_and_its_arguments(webui) -> None:
     assert TRAINING_STAGES["GRPO"] == "grpo"
     for name in ("num_generations", "beta", "temperature", "max_completion_length", "reward_funcs"):
         assert engine.manager.get_elem_by_id(f"train.grpo_{name}")._id in demo.blocks  # rendered in the Train tab
-    assert runner.Popen.__module__ == "qalign.register"
+    assert runner.Popen.__module__ == "qalign.lf.register"
     # one set of defaults: the web UI starts from the stage's own (TRL's GRPOConfig + qalign's)
     from qalign.grpo.args import GRPO_DEFAULTS
 

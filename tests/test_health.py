@@ -215,9 +215,9 @@ def test_the_rules_say_how_large_run_to_run_noise_is() -> None:
 
 
 def test_a_study_hands_full_determinism_to_every_training_run() -> None:
+    from qalign.lf.recipe_checks import llamafactory_fields
     from qalign.study.config import build_config
     from qalign.study.plan import build_plan
-    from qalign.train_args import llamafactory_fields
 
     cfg = build_config({"name": "u", "model": "m", "template": "smollm2", "recipes": "recipes/smollm2-135m",
                         "train": "a", "test": "b", "methods": ["sft", "dpo"], "train_args": {"full_determinism": True}})

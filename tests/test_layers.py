@@ -1,4 +1,8 @@
-"""The package reads top-down: the CLI imports the library, never the reverse (imports parsed with ast)."""
+"""The package reads top-down: the CLI imports the library, never the reverse (imports parsed with ast).
+
+Each folder names a role (lf/ LLaMA-Factory glue, generate/ generation, converters/ data, grpo/ the stage, study/
+the comparison); LAYERS orders them bottom-up and a module imports only its own layer and the ones below.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,21 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "qalign"
 # shared helpers below converters and evaluators: they import only each other (and third-party packages)
 BOTTOM = {"qalign.errors", "qalign.env", "qalign.io", "qalign.text", "qalign.records", "qalign.overrides",
-          "qalign.procs", "qalign.hub"}
+          "qalign.procs", "qalign.hub", "qalign.paths", "qalign.health"}
+# bottom-up; a name covers the module and everything under it, the longest name that matches wins (lf/ and
+# generate/ sit on two layers: their readers and engine below the GRPO stage, the patch and `predict` above it)
+LAYERS = [
+    ("shared helpers", BOTTOM),
+    ("scoring and retrieval", {"qalign.evaluators", "qalign.retrieve"}),
+    ("LLaMA-Factory readers and the batch engine", {"qalign.lf.datasets", "qalign.lf.inference", "qalign.lf.servers",
+                                                    "qalign.generate.engine", "qalign.generate.endpoint",
+                                                    "qalign.generate.answer_stop"}),
+    ("data, samplers, models and the GRPO stage", {"qalign.converters", "qalign.generate", "qalign.grpo",
+                                                   "qalign.awq", "qalign.models"}),
+    ("the LLaMA-Factory patch and what needs it", {"qalign.lf", "qalign.generate.predict"}),
+    ("the study", {"qalign.study"}),
+    ("the front door", {"qalign.cli"}),
+]
 
 
 def _module_name(path: Path) -> str:
@@ -38,14 +56,42 @@ def _edges(module: str) -> set[str]:
     return {name for name in MODULES[module] if name in KNOWN and name != module and name != "qalign"}
 
 
+def _layer(module: str) -> int:
+    """Index in LAYERS of the longest name that is MODULE or a package above it (-1: none)."""
+    best, depth = -1, -1
+    for index, (_, names) in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and name.count(".") > depth:
+                best, depth = index, name.count(".")
+    return best
+
+
 def test_the_scan_sees_the_package() -> None:
-    assert {"qalign.cli", "qalign.sweep", "qalign.study.plan", "qalign.evaluators.predictions"} <= KNOWN
+    assert {"qalign.cli", "qalign.study.sweep", "qalign.study.plan", "qalign.evaluators.predictions"} <= KNOWN
     assert "qalign.overrides" in MODULES["qalign.study.plan"]
 
 
 @pytest.mark.parametrize("module", sorted(KNOWN - {"qalign.cli"}))
 def test_no_module_imports_the_cli(module: str) -> None:
     assert "qalign.cli" not in MODULES[module], f"{module} imports qalign.cli; move the helper below it"
+
+
+@pytest.mark.parametrize("module", sorted(KNOWN - {"qalign.cli"}))
+def test_only_the_front_door_imports_a_command_table(module: str) -> None:
+    """`<folder>/cli.py` builds parsers for qalign.cli; a library module needing one of its names moves it down."""
+    tables = sorted(name for name in _edges(module) if name.endswith(".cli"))
+    assert not tables, f"{module} imports {tables}; move what it needs below the CLI (e.g. qalign/paths.py)"
+
+
+def test_every_module_has_a_layer() -> None:
+    assert not [module for module in KNOWN - {"qalign"} if _layer(module) < 0]
+
+
+@pytest.mark.parametrize("module", sorted(KNOWN - {"qalign"}))
+def test_no_module_imports_a_layer_above_its_own(module: str) -> None:
+    upward = sorted(name for name in _edges(module) if _layer(name) > _layer(module))
+    assert not upward, (f"{module} ({LAYERS[_layer(module)][0]}) imports "
+                        + ", ".join(f"{name} ({LAYERS[_layer(name)][0]})" for name in upward))
 
 
 def test_evaluators_do_not_import_converters() -> None:
@@ -80,8 +126,9 @@ def test_no_import_cycles() -> None:
 
 def test_the_startup_hook_imports_only_the_standard_library_at_start() -> None:
     """qalign-autoregister.pth runs in every interpreter of the environment: its module must stay near-free."""
-    tree = ast.parse((PACKAGE / "autoregister.py").read_text(encoding="utf-8"))
+    tree = ast.parse((PACKAGE / "lf" / "autoregister.py").read_text(encoding="utf-8"))
     top_level = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top_level |= {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
     assert top_level <= {"__future__", "os", "sys"}, top_level
-    assert (PACKAGE / "__init__.py").read_text(encoding="utf-8").count("import") == 0
+    for init in (PACKAGE / "__init__.py", PACKAGE / "lf" / "__init__.py"):  # the hook's import runs both
+        assert init.read_text(encoding="utf-8").count("import") == 0, init

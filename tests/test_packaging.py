@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from qalign.autoregister import PTH_FILE
+from qalign.lf.autoregister import PTH_FILE
 from tests.conftest import REPO
 from tests.test_grpo import RECIPE, _tiny, _write_dataset
 
@@ -71,7 +71,7 @@ def _venv_on_the_stack(folder: Path) -> Path:
 def test_wheel_ships_the_prompts_and_the_startup_hook(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"qalign/prompts/answer_only.txt", "qalign/prompts/closed_book.txt",
-            "qalign/prompts/think_then_answer.txt", PTH_FILE, "qalign/autoregister.py"} <= names
+            "qalign/prompts/think_then_answer.txt", PTH_FILE, "qalign/lf/autoregister.py"} <= names
 
 
 def test_installed_wheel_converts_with_a_bundled_prompt_outside_the_repo(wheel: Path, tmp_path: Path) -> None:
@@ -102,8 +102,8 @@ def test_installed_wheel_converts_with_a_bundled_prompt_outside_the_repo(wheel: 
 
 _PROBE = """
 import sys
-hooked = 'qalign.autoregister' in sys.modules
-heavy = [m for m in ('qalign.register', 'llamafactory') if m in sys.modules]
+hooked = 'qalign.lf.autoregister' in sys.modules
+heavy = [m for m in ('qalign.lf.register', 'llamafactory') if m in sys.modules]
 from llamafactory.extras.constants import TRAINING_STAGES
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 from llamafactory.webui import interface
@@ -140,8 +140,8 @@ def test_plain_llamafactory_sees_grpo_after_installing_the_wheel(wheel: Path, ti
 
 @pytest.mark.parametrize(("opt_out", "expected"), [("", "True grpo"), ("1", "False None")])
 def test_armed_hook_registers_when_llamafactory_is_imported(opt_out: str, expected: str, tmp_path: Path) -> None:
-    code = ("import sys, qalign.autoregister as hook; hook.arm(); armed = hook.armed(); "
-            "assert 'qalign.register' not in sys.modules; "
+    code = ("import sys, qalign.lf.autoregister as hook; hook.arm(); armed = hook.armed(); "
+            "assert 'qalign.lf.register' not in sys.modules; "
             "from llamafactory.extras.constants import TRAINING_STAGES; "
             "assert not hook.armed(); print('PROBE', armed, TRAINING_STAGES.get('GRPO'))")
     out = _run([sys.executable, "-c", code], cwd=tmp_path,
@@ -156,6 +156,6 @@ def test_editable_install_places_the_startup_hook(tmp_path: Path) -> None:
     site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                      cwd=tmp_path, env=_env()).stdout.strip())
     assert (site / PTH_FILE).read_text() == (REPO / PTH_FILE).read_text()
-    probe = "import sys, qalign; print(qalign.__file__, 'qalign.autoregister' in sys.modules)"
+    probe = "import sys, qalign; print(qalign.__file__, 'qalign.lf.autoregister' in sys.modules)"
     path, armed = _run([str(python), "-c", probe], cwd=tmp_path, env=_env()).stdout.split()
     assert Path(path).is_relative_to(src) and armed == "True"

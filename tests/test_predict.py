@@ -1,4 +1,4 @@
-"""`qalign predict` (qalign.generation's batch engine) against LLaMA-Factory's do_predict, and the engine's batching."""
+"""`qalign predict` (the batch engine, qalign.generate.engine) against LLaMA-Factory's do_predict; its batching."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qalign.generation import BatchGenerator, BatchLimits, GenerationOutOfMemory, plan_batches
+from qalign.generate.engine import BatchGenerator, BatchLimits, GenerationOutOfMemory, plan_batches
 from tests.conftest import REPO
 
 QALIGN = [sys.executable, "-m", "qalign.cli"]
@@ -148,7 +148,7 @@ def test_predict_matches_do_predict_on_the_sample_with_smollm2(smollm2: Path, tm
 
 def test_predict_refuses_a_training_recipe_and_bad_engine_keys(tmp_path: Path) -> None:
     from qalign.errors import QalignError
-    from qalign.predict import read_recipe, split_engine_args
+    from qalign.generate.predict import read_recipe, split_engine_args
 
     with pytest.raises(QalignError, match="recipe not found"):
         read_recipe(tmp_path / "nope.yaml", [])

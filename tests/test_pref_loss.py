@@ -1,4 +1,4 @@
-"""`pref_loss` trains what it names (qalign/register.py patch points 7-9), on one hand-made batch of log-probs.
+"""`pref_loss` trains what it names (qalign/lf/register.py patch points 7-9), on one hand-made batch of log-probs.
 
 The trainers are real CustomDPOTrainer / CustomKTOTrainer instances built without __init__ (no model): only the
 attributes their loss code reads are set. Each expected value is the loss formula computed by hand here.
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from qalign.errors import QalignError
-from qalign.register import register_all
+from qalign.lf.register import register_all
 
 register_all()
 from llamafactory.hparams import FinetuningArguments  # noqa: E402  (patched on import)

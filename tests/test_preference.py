@@ -12,9 +12,9 @@ from qalign.cli import main as qalign_main
 from qalign.converters.job import ConvertJob
 from qalign.converters.kto import Example, clean_examples, is_degenerate, kept_counts, kto_mean_words, label_examples
 from qalign.converters.preference import build_pairs, pair_mean_words, pair_summary
-from qalign.converters.sampling import Question, ensure_samples, load_questions, read_cache, row_seed
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import exact_match, f1_score
+from qalign.generate.sampling import Question, ensure_samples, load_questions, read_cache, row_seed
 
 CAPITALS = [("france", ["Paris"]), ("japan", ["Tokyo"]), ("italy", ["Rome", "Roma"]), ("peru", ["Lima"]),
             ("kenya", ["Nairobi"]), ("the united states", ["Washington, D.C.", "Washington"])]
@@ -334,7 +334,7 @@ def test_mining_invariants_llamafactory_loading_and_resume(tiny_qwen3: Path, tmp
     # settings changed under an existing cache: refuse instead of mixing samples
     (whole / "data/pref.samples.jsonl").write_text("\n".join(cache.read_text().splitlines()[:3]) + "\n")
     from qalign.converters.preference import convert_preference
-    from qalign.converters.sampling import SamplingConfig
+    from qalign.generate.sampling import SamplingConfig
 
     with pytest.raises(QalignError, match="temperature: 1.0 -> 0.5"):
         convert_preference(ConvertJob(str(raw), "pref", dataset_dir=whole), sampling=SamplingConfig(

@@ -13,9 +13,9 @@ from types import ModuleType
 
 import pytest
 
-from qalign import register
 from qalign.grpo.args import GRPO_DEFAULTS, QALIGN_DEFAULTS, TRL_FIELDS, GRPOArguments
-from qalign.register import TESTED_LLAMAFACTORY, PatchError
+from qalign.lf import register
+from qalign.lf.register import TESTED_LLAMAFACTORY, PatchError
 from tests.conftest import REPO
 from tests.test_grpo import _lf_args, _write_dataset
 
@@ -29,8 +29,8 @@ def _fake_llamafactory(folder: Path, version: str) -> Path:
 
 @pytest.mark.parametrize("how", ["register_all", "startup hook"])
 def test_untested_llamafactory_is_refused_naming_the_tested_version(how: str, tmp_path: Path) -> None:
-    arm = ("from qalign.register import register_all; register_all()" if how == "register_all"
-           else "import qalign.autoregister as hook; hook.arm()")
+    arm = ("from qalign.lf.register import register_all; register_all()" if how == "register_all"
+           else "import qalign.lf.autoregister as hook; hook.arm()")
     env = {"PYTHONPATH": f"{_fake_llamafactory(tmp_path, '0.9.9')}:{REPO}", "PATH": "/usr/bin:/bin"}
     cmd = [sys.executable, "-c", f"{arm}; import llamafactory; print('imported', llamafactory.__version__)"]
     refused = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from qalign.errors import QalignError
-from qalign.train_args import check_recipe_argv, checkpoint_is_complete, complete_checkpoints
+from qalign.lf.recipe_checks import check_recipe_argv, checkpoint_is_complete, complete_checkpoints
 from tests.conftest import REPO
 from tests.test_pipeline_tiny import _write_raw
 

@@ -16,7 +16,8 @@ import pytest
 from qalign.cli import main
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import substring_exact_match
-from qalign.retrieve.cli import recall_file, run_retrieve
+from qalign.paths import recall_file
+from qalign.retrieve.cli import run_retrieve
 from qalign.retrieve.index import top_rows
 from qalign.retrieve.search import has_answer
 from qalign.text import _is_punctuation, normalize_answer

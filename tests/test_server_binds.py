@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from qalign import cli, servers
+from qalign import cli
+from qalign.lf import servers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def test_passthrough_sets_the_env_before_llamafactory_runs(monkeypatch: pytest.M
     fake = types.ModuleType("llamafactory.cli")
     fake.main = lambda: seen.update(host=os.environ.get("API_HOST"), argv=" ".join(sys.argv))
     monkeypatch.setitem(sys.modules, "llamafactory.cli", fake)
-    monkeypatch.setattr("qalign.register.register_all", lambda: None)
+    monkeypatch.setattr("qalign.lf.register.register_all", lambda: None)
     monkeypatch.delenv("API_HOST", raising=False)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     recipe = tmp_path / "chat.yaml"

@@ -151,9 +151,10 @@ def test_grpo_from_sft_continues_the_adapter_on_the_same_prompts_and_from_base_s
 
 
 def test_missing_converter_or_recipe_fails_only_that_method(monkeypatch, tmp_path: Path) -> None:
-    import qalign.converters.cli as converters
+    import qalign.converters.job as converters
 
-    monkeypatch.setattr(converters, "SUBCOMMANDS", [s for s in converters.SUBCOMMANDS if s.name != "preference"])
+    without = {name: kind for name, kind in converters.FORMAT_KINDS.items() if name != "preference"}
+    monkeypatch.setattr(converters, "FORMAT_KINDS", without)
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     for name in ("dpo.yaml", "predict.yaml"):  # no sft.yaml

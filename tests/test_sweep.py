@@ -106,7 +106,7 @@ def test_offset_drops_the_first_records_and_their_later_duplicates(tmp_path: Pat
 
 def test_sweep_file_errors_name_the_fix(tmp_path: Path) -> None:
     from qalign.errors import QalignError
-    from qalign.sweep import load_sweep
+    from qalign.study.sweep import load_sweep
 
     legacy = tmp_path / "old.yaml"
     legacy.write_text("base: grpo.yaml\npredict: p.yaml\noutput_dir: o\nprompts: [a]\nnum_generations: [4]\n"
@@ -125,7 +125,7 @@ def test_sweep_file_errors_name_the_fix(tmp_path: Path) -> None:
 
 
 def test_the_shipped_grpo_grid_plans_on_the_sample(tmp_path: Path) -> None:
-    from qalign.sweep import load_sweep
+    from qalign.study.sweep import load_sweep
 
     cfg, points, metric = load_sweep(RECIPES / "grpo-sweep.yaml", ["output=" + str(tmp_path)])
     assert cfg.name == "smollm2-135m-grpo-sweep" and cfg.split == "validation" and metric == "f1"
@@ -179,7 +179,7 @@ def test_sft_sweep_on_the_tiny_model_writes_one_table_and_skips_finished_points(
 
 def test_a_from_sft_sweep_table_shows_the_sft_runs_its_points_continue(tmp_path: Path) -> None:
     from qalign.study.plan import run_dir
-    from qalign.sweep import best_settings, load_sweep, sweep_table
+    from qalign.study.sweep import best_settings, load_sweep, sweep_table
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({
         "name": "p", "model": "m", "template": "smollm2", "recipes": str(RECIPES), "train": "train.jsonl",

@@ -12,12 +12,12 @@ from qalign.cli import main
 from qalign.converters.cot import COT_PROMPT, convert_cot, read_teacher
 from qalign.converters.job import ConvertJob
 from qalign.errors import QalignError
+from qalign.generate.teach import _force_answers, first_line_answer, teacher_settings
 from qalign.study.config import build_config
 from qalign.study.plan import build_plan
 from qalign.study.report import teacher_section
 from qalign.study.runner import StepResult
 from qalign.study.validate import check_study
-from qalign.teach import _force_answers, first_line_answer, teacher_settings
 from qalign.text import ANSWER_MARKER
 
 RAW = [{"id": f"q{i}", "question": f"what is the capital of {c}", "answers": [a],
@@ -111,7 +111,7 @@ class _FakeSampler:
 
 
 def test_budget_forcing_closes_the_reasoning_with_the_prompts_answer_marker() -> None:
-    from qalign.converters.sampling import Question
+    from qalign.generate.sampling import Question
 
     sampler = _FakeSampler()
     texts = [["<think>\ncut at the cap", "<think>\nr</think>\n\nLima", "<think>\nr The answer is: Lima"]]

@@ -34,7 +34,8 @@ from typing import Any, Literal
 from qalign.converters.job import ConvertJob
 from qalign.converters.kto_weights import balance_weights
 from qalign.converters.registry import ALPACA_COLUMNS, ConversionResult
-from qalign.converters.sampling import (
+from qalign.evaluators.metrics import f1_score, normalize_answer, strip_think, substring_exact_match
+from qalign.generate.sampling import (
     DEFAULT_MARGIN,
     SamplingConfig,
     Strategy,
@@ -45,7 +46,6 @@ from qalign.converters.sampling import (
     near,
     sample_questions,
 )
-from qalign.evaluators.metrics import f1_score, normalize_answer, strip_think, substring_exact_match
 
 Desirable = Literal["samples", "gold", "both", "fallback"]
 DESIRABLE_POLICIES = ("samples", "gold", "both", "fallback")

@@ -24,7 +24,8 @@ from typing import Any
 
 from qalign.converters.job import ConvertJob
 from qalign.converters.registry import ConversionResult
-from qalign.converters.sampling import (
+from qalign.evaluators.metrics import exact_match, f1_score, normalize_answer, strip_think, substring_exact_match
+from qalign.generate.sampling import (
     DEFAULT_MARGIN,
     SamplingConfig,
     Strategy,
@@ -35,7 +36,6 @@ from qalign.converters.sampling import (
     near,
     sample_questions,
 )
-from qalign.evaluators.metrics import exact_match, f1_score, normalize_answer, strip_think, substring_exact_match
 
 RANKING_COLUMNS = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qalign.converters.sampling import DEFAULT_MARGIN, STRATEGIES, SamplingConfig, check_margin
+from qalign.generate.sampling import DEFAULT_MARGIN, STRATEGIES, SamplingConfig, check_margin
 
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig | None:

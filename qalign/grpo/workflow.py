@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from qalign.evaluators.metrics import strip_think
 from qalign.grpo.args import GRPOArguments, build_grpo_config, parse_grpo_args, split_grpo_args
 from qalign.grpo.rewards import get_reward_funcs
-from qalign.lf_datasets import registered_rows
+from qalign.lf.datasets import registered_rows
 
 if TYPE_CHECKING:
     from datasets import Dataset

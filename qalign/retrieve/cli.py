@@ -9,18 +9,13 @@ from typing import Any
 
 from qalign.errors import QalignError
 from qalign.io import atomic_write_json, atomic_write_jsonl, iter_json_records
+from qalign.paths import recall_file
 from qalign.records import QARecord, load_records, question_key
 
 
 def default_index(corpus: str | Path) -> Path:
     """`indexes/<corpus file name>.bm25` under the current folder (the corpus's own folder may be read-only)."""
     return Path("indexes") / f"{Path(corpus).name}.bm25"
-
-
-def recall_file(output: str | Path) -> Path:
-    """The recall@k summary written beside OUTPUT: `x.jsonl` -> `x.recall.json`."""
-    output = Path(output)
-    return output.with_name(output.name.removesuffix(".jsonl") + ".recall.json")
 
 
 def _first_empty_question(source: str) -> str:

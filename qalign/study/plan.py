@@ -113,9 +113,9 @@ def _file_check(path: Path, what: str) -> Callable[[], str | None]:
 
 def _converter_check(fmt: str) -> Callable[[], str | None]:
     def check() -> str | None:
-        from qalign.converters.cli import SUBCOMMANDS
+        from qalign.converters.job import FORMAT_KINDS
 
-        if fmt not in {spec.name for spec in SUBCOMMANDS}:
+        if fmt not in FORMAT_KINDS:
             return f"`qalign convert {fmt}` is not available in this qalign"
         return None
 
@@ -234,7 +234,7 @@ def teacher_file(cfg: StudyConfig, suffix: str) -> Path:
 
 def _teach_step(cfg: StudyConfig, suffix: str, adapter: Path | None) -> Step:
     """`qalign teach` from the study's model (+ the seed's SFT adapter) or from the endpoint."""
-    from qalign.teach import summary_path
+    from qalign.paths import summary_path
 
     output = teacher_file(cfg, suffix)
     argv = ["teach", "--input", cfg.train, "--output", str(output), "--prompt", cfg.cot_prompt, "--top-k",

@@ -277,7 +277,7 @@ def retrieval_lines(cfg: StudyConfig) -> list[str]:
     """With a `retrieve:` block: the corpus and the answer recall@k of the retrieved train and test files."""
     if not cfg.retrieve:
         return []
-    from qalign.retrieve.cli import recall_file
+    from qalign.paths import recall_file
 
     cells = []
     for what in ("train", "test"):

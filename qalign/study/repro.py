@@ -75,7 +75,7 @@ def reproducibility(cfg: StudyConfig, steps: list[Step], results: dict[str, Step
     """The markdown section: command, seeds, versions, device, files with sha1, the resolved study, every step."""
     import yaml
 
-    from qalign.converters.sampling import SamplingConfig
+    from qalign.generate.sampling import SamplingConfig
 
     mining_seed = cfg.mining_args.get("seed", SamplingConfig.seed)
     lines = ["## Reproducibility", "", f"Command: `qalign study {shlex.join(argv)}`", "",

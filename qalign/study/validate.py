@@ -14,8 +14,8 @@ from qalign.study.config import StudyConfig
 
 def _path_problems(cfg: StudyConfig) -> list[str]:
     from qalign.hub import check_local_or_hub
+    from qalign.lf.recipe_checks import looks_local
     from qalign.records import looks_like_hf_id
-    from qalign.train_args import looks_local
 
     problems = []
     for key in ("train",) if cfg.val_limit else ("train", "test"):  # val_limit: scored on the train file
@@ -57,7 +57,7 @@ def _prompt_problems(cfg: StudyConfig) -> list[str]:
 
 def _key_problems(where: str, values: dict[str, Any], fields: dict[str, Any]) -> list[str]:
     from qalign.converters.kto_weights import WEIGHT_KEYS
-    from qalign.train_args import accepts, type_name
+    from qalign.lf.recipe_checks import accepts, type_name
 
     problems = []
     for key, value in values.items():
@@ -70,12 +70,12 @@ def _key_problems(where: str, values: dict[str, Any], fields: dict[str, Any]) ->
 
 
 def _llamafactory_problems(cfg: StudyConfig) -> list[str]:
-    from qalign.train_fields import train_fields
+    from qalign.lf.train_fields import train_fields
 
     fields, grpo_only = train_fields()  # cached per stack: no LLaMA-Factory import once a train has run
     grpo = {**fields, **grpo_only}
     problems = _key_problems("train_args", cfg.train_args, fields)
-    from qalign.predict import ENGINE_FIELDS
+    from qalign.generate.predict import ENGINE_FIELDS
 
     predict_fields = {**fields, **ENGINE_FIELDS}  # predict steps run `qalign predict`, which adds the engine keys
     problems += _key_problems("predict_args", cfg.predict_args, predict_fields)
@@ -91,9 +91,9 @@ def _llamafactory_problems(cfg: StudyConfig) -> list[str]:
 
 
 def _mining_problems(cfg: StudyConfig) -> list[str]:
-    from qalign.converters.sampling import SamplingConfig
+    from qalign.generate.sampling import SamplingConfig
+    from qalign.lf.recipe_checks import accepts
     from qalign.study.plan import _MINING_KEYS, TEACH_KEYS
-    from qalign.train_args import accepts
 
     hints = get_type_hints(SamplingConfig)
     problems = []

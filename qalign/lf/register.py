@@ -9,11 +9,12 @@ naming it. Patch points:
 2. `train.tuner._training_function`: wrapped; stage grpo -> `qalign.grpo.train_grpo`, any other stage -> the
    original, untouched (so an unknown stage still gets LLaMA-Factory's own error).
 3. `extras.constants.TRAINING_STAGES`: gains "GRPO" in place; the web UI modules share that dict object.
-4. `launcher.__file__`: what `FORCE_TORCHRUN=1` hands torchrun; becomes `-m qalign.worker` (register, then
+4. `launcher.__file__`: what `FORCE_TORCHRUN=1` hands torchrun; becomes `-m qalign.lf.worker` (register, then
    run_exp) so every worker knows the stage. `-m` keeps the package folder off sys.path[0].
 5. `webui.runner`: the trainer subprocess `llamafactory-cli train X.yaml` becomes `python -m qalign.cli train
    X.yaml`; the GRPO fields enter the args when the stage is GRPO; the command preview says `qalign train`.
-6. `webui.interface.create_train_tab`: wrapped to add a "GRPO (qalign)" accordion whose fields feed the runner.
+6. `webui.interface.create_train_tab`: wrapped to add a "GRPO (qalign)" accordion whose fields feed the runner
+   (the widgets: qalign/grpo/webui.py).
 7. `hparams.finetuning_args.FinetuningArguments.__post_init__`: wrapped; `stage: dpo` with a `pref_loss` that
    neither TRL 0.24's `dpo_loss` nor LLaMA-Factory implements (`kto_pair`) is refused (LLaMA-Factory would
    silently train the sigmoid loss).
@@ -45,7 +46,7 @@ TESTED_LLAMAFACTORY = "0.9.5"
 ALLOW_UNTESTED = "QALIGN_ALLOW_UNTESTED_LLAMAFACTORY"
 GRPO_STAGE = "grpo"
 GRPO_LABEL = "GRPO"
-WORKER = "-m qalign.worker"
+WORKER = "-m qalign.lf.worker"
 # pref_loss values of LLaMA-Factory's Literal that run what they name: TRL 0.24's dpo_loss, LLaMA-Factory's own
 TRL_DPO_LOSSES = ("sigmoid", "hinge", "ipo")
 LF_PREF_LOSSES = ("orpo", "simpo")
@@ -59,7 +60,7 @@ class PatchError(QalignError):
 
 def _fix_hint() -> str:
     return (f"qalign was tested with llamafactory=={TESTED_LLAMAFACTORY}: `pip install llamafactory=="
-            f"{TESTED_LLAMAFACTORY}`, or port qalign/register.py (QALIGN_NO_AUTOREGISTER=1 keeps plain "
+            f"{TESTED_LLAMAFACTORY}`, or port qalign/lf/register.py (QALIGN_NO_AUTOREGISTER=1 keeps plain "
             "llamafactory-cli free of qalign meanwhile).")
 
 
@@ -67,7 +68,7 @@ def _check_version(module: ModuleType) -> None:
     version = getattr(module, "__version__", None)
     if version == TESTED_LLAMAFACTORY:
         return
-    message = (f"qalign/register.py patches LLaMA-Factory {TESTED_LLAMAFACTORY}, but llamafactory {version} is "
+    message = (f"qalign/lf/register.py patches LLaMA-Factory {TESTED_LLAMAFACTORY}, but llamafactory {version} is "
                f"installed ({getattr(module, '__file__', '?')}). {_fix_hint()} "
                f"Set {ALLOW_UNTESTED}=1 to try it anyway.")
     if env_flag(ALLOW_UNTESTED):
@@ -82,7 +83,7 @@ def _require(module: ModuleType, *path: str) -> Any:
     for depth, name in enumerate(path):
         if not hasattr(target, name):
             where = ".".join([module.__name__, *path[:depth + 1]])
-            raise PatchError(f"qalign/register.py: patch point `{where}` is missing in llamafactory "
+            raise PatchError(f"qalign/lf/register.py: patch point `{where}` is missing in llamafactory "
                              f"{_installed_version()}. {_fix_hint()}")
         target = getattr(target, name)
     return target
@@ -156,7 +157,7 @@ def _patch_stage_literal(module: ModuleType) -> None:
     cls = _require(module, "FinetuningArguments")
     _require(cls, "__dataclass_fields__")
     if "stage" not in cls.__dataclass_fields__:
-        raise PatchError(f"qalign/register.py: `FinetuningArguments.stage` is missing in llamafactory "
+        raise PatchError(f"qalign/lf/register.py: `FinetuningArguments.stage` is missing in llamafactory "
                          f"{_installed_version()}. {_fix_hint()}")
     stages = get_args(get_type_hints(cls)["stage"])
     if GRPO_STAGE not in stages:
@@ -195,8 +196,8 @@ def _patch_launcher(module: ModuleType) -> None:
     # launch() formats `file_name=__file__` (a module global) into the torchrun command when it runs.
     launch = _require(module, "launch")
     if "__file__" not in launch.__code__.co_names:
-        raise PatchError(f"qalign/register.py: `llamafactory.launcher.launch` no longer hands `__file__` to torchrun "
-                         f"in llamafactory {_installed_version()}. {_fix_hint()}")
+        raise PatchError(f"qalign/lf/register.py: `llamafactory.launcher.launch` no longer hands `__file__` to "
+                         f"torchrun in llamafactory {_installed_version()}. {_fix_hint()}")
     module.__file__ = WORKER
 
 
@@ -204,20 +205,6 @@ def _qalign_popen(cmd: Any, *args: Any, **kwargs: Any) -> subprocess.Popen:
     if isinstance(cmd, list | tuple) and list(cmd[:2]) == ["llamafactory-cli", "train"]:
         cmd = [sys.executable, "-m", "qalign.cli", "train", *cmd[2:]]
     return subprocess.Popen(cmd, *args, **kwargs)
-
-
-def _grpo_webui_args(manager: Any, data: dict[Any, Any]) -> dict[str, Any]:
-    def get(name: str) -> Any:
-        return data[manager.get_elem_by_id(f"train.grpo_{name}")]
-
-    return {
-        "num_generations": int(get("num_generations")),
-        "beta": float(get("beta")),
-        "temperature": float(get("temperature")),
-        "max_completion_length": int(get("max_completion_length")),
-        "reward_funcs": ",".join(get("reward_funcs") or []) or None,
-        "loss_type": get("loss_type"),
-    }
 
 
 def _patch_runner(module: ModuleType) -> None:
@@ -231,39 +218,15 @@ def _patch_runner(module: ModuleType) -> None:
     def _parse_train_args(self: Any, data: dict[Any, Any]) -> dict[str, Any]:
         args = parse_train_args(self, data)
         if args.get("stage") == GRPO_STAGE:
-            args.update(_grpo_webui_args(self.manager, data))
+            from qalign.grpo.webui import grpo_train_args
+
+            args.update(grpo_train_args(self.manager, data))
         return args
 
     runner_cls._parse_train_args = _parse_train_args
     runner_cls._qalign = True
     module.Popen = _qalign_popen
     module.gen_cmd = lambda args: gen_cmd(args).replace("llamafactory-cli train", "qalign train", 1)
-
-
-def _grpo_components() -> dict[str, Any]:
-    import gradio as gr
-
-    from qalign.grpo.args import GRPO_DEFAULTS as default
-    from qalign.grpo.args import LOSS_TYPES
-    from qalign.grpo.rewards import DEFAULT_REWARDS, REWARD_FUNCS
-
-    # render=False: created before the Train tab so its buttons take them as inputs; rendered after it.
-    # Defaults are the stage's own (qalign.grpo.args.GRPO_DEFAULTS: TRL's GRPOConfig + QALIGN_DEFAULTS).
-    return {
-        "grpo_num_generations": gr.Slider(2, 64, value=default["num_generations"], step=1, label="num_generations",
-                                          render=False,
-                                          info="completions per prompt; batch size x grad accum must divide by it"),
-        "grpo_beta": gr.Slider(0, 1, value=default["beta"], step=0.001, label="beta", render=False,
-                               info="KL coefficient; 0 loads no reference model"),
-        "grpo_temperature": gr.Slider(0.05, 2, value=default["temperature"], step=0.05, label="temperature",
-                                      render=False),
-        "grpo_max_completion_length": gr.Slider(1, 4096, value=default["max_completion_length"], step=1,
-                                                label="max_completion_length", render=False),
-        "grpo_reward_funcs": gr.Dropdown(choices=list(REWARD_FUNCS), value=list(DEFAULT_REWARDS), multiselect=True,
-                                         label="reward_funcs", render=False),
-        "grpo_loss_type": gr.Dropdown(choices=list(LOSS_TYPES), value=default["loss_type"], label="loss_type",
-                                      render=False),
-    }
 
 
 def _patch_train_tab(module: ModuleType) -> None:
@@ -273,23 +236,16 @@ def _patch_train_tab(module: ModuleType) -> None:
 
     @functools.wraps(original)
     def create_train_tab(engine: Any) -> dict[str, Any]:
-        import gradio as gr
-        from llamafactory.extras.constants import TRAINING_STAGES
+        from qalign.grpo.webui import grpo_accordion, grpo_components
 
-        extra = _grpo_components()
+        extra = grpo_components()
         base_elems = engine.manager.get_base_elems
         engine.manager.get_base_elems = lambda: base_elems() | set(extra.values())  # the tab's input set
         try:
             elems = original(engine)
         finally:
             del engine.manager.get_base_elems
-        with gr.Accordion("GRPO (qalign)", open=True, visible=False) as grpo_tab:
-            with gr.Row():
-                for component in extra.values():
-                    component.render()
-        stage = elems["training_stage"]
-        stage.change(lambda value: gr.Accordion(visible=TRAINING_STAGES.get(value) == GRPO_STAGE),
-                     [stage], [grpo_tab], queue=False)
+        grpo_tab = grpo_accordion(extra, elems["training_stage"], GRPO_STAGE)
         return {**elems, "grpo_tab": grpo_tab, **extra}
 
     create_train_tab._qalign = True
@@ -330,7 +286,7 @@ def _patch_dpo_trainer(module: ModuleType) -> None:
     compute = _require(cls, "compute_preference_loss")
     metrics = _require(cls, "get_batch_loss_metrics")
     if "loss_type" not in inspect.signature(_require(cls, "dpo_loss")).parameters:
-        raise PatchError(f"qalign/register.py: TRL's `DPOTrainer.dpo_loss` takes no `loss_type` under llamafactory "
+        raise PatchError(f"qalign/lf/register.py: TRL's `DPOTrainer.dpo_loss` takes no `loss_type` under llamafactory "
                          f"{_installed_version()}. {_fix_hint()}")
     if getattr(compute, "_qalign", False):
         return

@@ -22,8 +22,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from qalign.errors import QalignError
 from qalign.io import atomic_write_text
 
-_PACKAGE = Path(__file__).resolve().parent
-_SOURCES = ("grpo/args.py", "register.py", "train_fields.py")  # qalign files whose change changes the table
+_PACKAGE = Path(__file__).resolve().parents[1]  # qalign/
+_SOURCES = ("grpo/args.py", "lf/register.py", "lf/train_fields.py")  # qalign files whose change changes the table
 _PLAIN = {t.__name__: t for t in (int, float, bool, str, list, tuple, dict)}
 
 
@@ -117,7 +117,7 @@ def cached_fields() -> tuple[dict[str, Any], dict[str, Any]] | None:
 
 def live_fields() -> tuple[dict[str, Any], dict[str, Any]]:
     """(LLaMA-Factory fields, GRPO fields) from the imported classes (slow); writes the cache for the next run."""
-    from qalign.register import register_all
+    from qalign.lf.register import register_all
 
     register_all()  # `stage: grpo` becomes a valid stage
     fields, grpo = llamafactory_fields(), grpo_fields()

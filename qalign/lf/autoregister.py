@@ -3,7 +3,7 @@
 The wheel (and `pip install -e .`) installs `qalign-autoregister.pth` into site-packages; Python runs its one line
 at start-up, which calls `arm()`. Arming costs one tiny finder on `sys.meta_path` and imports nothing but qalign.env
 (the flag reader); when `llamafactory` is first imported the finder removes itself and runs
-`qalign.register.register_all()`, which queues its patches for LLaMA-Factory's modules as they load. Opt out with
+`qalign.lf.register.register_all()`, which queues its patches for LLaMA-Factory's modules as they load. Opt out with
 `QALIGN_NO_AUTOREGISTER=1`.
 """
 
@@ -31,7 +31,7 @@ class _RegisterOnLlamaFactory:
         if fullname != TARGET:
             return None
         disarm()
-        from qalign.register import patched_spec, register_all
+        from qalign.lf.register import patched_spec, register_all
 
         register_all()
         return patched_spec(fullname, path, target)  # this import no longer asks the finder register_all added
@@ -47,7 +47,7 @@ def arm() -> None:
     if disabled() or armed():
         return
     if TARGET in sys.modules:
-        from qalign.register import register_all
+        from qalign.lf.register import register_all
 
         register_all()
         return

@@ -4,7 +4,7 @@ Three passes, all before a model or dataset is loaded:
 
 1. `check_recipe_argv` (no heavy import, milliseconds): the recipe is an existing YAML/JSON file that parses, every
    override is `key=value` with a value that parses (LLaMA-Factory merges them with OmegaConf, and so do we).
-2. `check_train_keys` (before the imports once qalign.train_fields has cached the field table): every key is one
+2. `check_train_keys` (before the imports once qalign.lf.train_fields has cached the field table): every key is one
    LLaMA-Factory (or, under `stage: grpo`, qalign's GRPO stage) knows, every value has its field's type, local
    paths exist (offline, a model that is neither on disk nor cached is an error), datasets are registered in
    `dataset_dir/dataset_info.json`.
@@ -27,10 +27,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 from qalign.env import env_flag
 from qalign.errors import QalignError
 from qalign.hub import check_local_or_hub
+from qalign.lf.train_fields import grpo_fields as grpo_fields
+from qalign.lf.train_fields import llamafactory_fields as llamafactory_fields
+from qalign.lf.train_fields import train_fields
 from qalign.overrides import read_recipe
-from qalign.train_fields import grpo_fields as grpo_fields
-from qalign.train_fields import llamafactory_fields as llamafactory_fields
-from qalign.train_fields import train_fields
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 RECIPE_COMMANDS = ("train", "chat", "export", "api", "webchat")  # LLaMA-Factory commands that read a recipe
@@ -222,7 +222,7 @@ def _raise(recipe: str, problems: list[str]) -> None:
 
 def check_train_keys(config: dict[str, Any], recipe: str) -> None:
     """Known keys, typed values, existing paths and registered datasets; a QalignError names the fix. No heavy
-    import once qalign.train_fields has cached the field table."""
+    import once qalign.lf.train_fields has cached the field table."""
     fields, grpo = train_fields()
     grpo = grpo if str(config.get("stage")) == "grpo" else {}
     extra_ok = env_flag("ALLOW_EXTRA_ARGS")  # LLaMA-Factory's own switch

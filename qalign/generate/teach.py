@@ -3,8 +3,8 @@ that `qalign convert cot --teacher` reads.
 
 Teachers: a local model (HF folder + optional LoRA adapter, sampled through qalign's batch engine with the same
 per-row reproducible noise as preference mining: rejection-sampling self-distillation, STaR-style), or an
-OpenAI-compatible chat endpoint (`qalign.endpoint`). File: line 1 `{"qalign_teacher": 1, settings...}`, then one
-line per finished question `{id, question, answers, samples: [{output, f1}]}`, appended and flushed as each
+OpenAI-compatible chat endpoint (`qalign.generate.endpoint`). File: line 1 `{"qalign_teacher": 1, settings...}`,
+then one line per finished question `{id, question, answers, samples: [{output, f1}]}`, appended and flushed as each
 question finishes. A rerun with the same settings skips finished ids (an unterminated last line, left by a killed
 run, is cut off); other settings are refused, so one file never mixes two teachers.
 """
@@ -23,11 +23,12 @@ from tqdm.auto import tqdm
 
 from qalign.converters.cot import COT_PROMPT, DEFAULT_MIN_F1, TEACHER_HEADER, split_output
 from qalign.converters.prompts import declared_marker, load_prompt, prompt_name
-from qalign.converters.sampling import Question, SamplingConfig, prompted_questions, read_cache
-from qalign.endpoint import DEFAULT_KEY_ENV, EndpointConfig
 from qalign.errors import QalignError
 from qalign.evaluators.metrics import f1_score
+from qalign.generate.endpoint import DEFAULT_KEY_ENV, EndpointConfig
+from qalign.generate.sampling import Question, SamplingConfig, prompted_questions, read_cache
 from qalign.io import atomic_write_json
+from qalign.paths import summary_path
 from qalign.records import load_records
 from qalign.text import extract_answer
 
@@ -65,7 +66,7 @@ def load_teach_questions(args: argparse.Namespace) -> list[Question]:
 
 def _local_answers(args: argparse.Namespace, questions: list[Question]) -> Iterator[tuple[Question, list[str]]]:
     """Answers chunk by chunk (the model is loaded here, before the teacher file is opened)."""
-    from qalign.converters.sampling import Sampler
+    from qalign.generate.sampling import Sampler
 
     config = SamplingConfig(model=args.model, adapter=args.adapter, template=args.template,
                             num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
@@ -126,7 +127,7 @@ def _force_answers(sampler: Any, questions: list[Question], texts: list[list[str
 
 
 def _endpoint_answers(args: argparse.Namespace, questions: list[Question]) -> Iterator[tuple[Question, list[str]]]:
-    from qalign.endpoint import EndpointTeacher
+    from qalign.generate.endpoint import EndpointTeacher
 
     teacher = EndpointTeacher(EndpointConfig(
         url=args.url, served_model=args.served_model, api_key_env=args.api_key_env, num_samples=args.num_samples,
@@ -177,11 +178,6 @@ def teach(args: argparse.Namespace) -> dict[str, int]:
             bar.set_postfix_str(f"keep@F1>={args.min_f1:g} {counts['keep']}/{bar.n} "
                                 f"({100 * counts['keep'] / max(bar.n, 1):.0f}%)")
     return counts
-
-
-def summary_path(output: str | Path) -> Path:
-    """`TEACHER.summary.json`, written when every question is done (the study's done-marker)."""
-    return Path(output).with_suffix(".summary.json")
 
 
 def run_teach(args: argparse.Namespace) -> int:

@@ -90,7 +90,7 @@ def plan_batches(lengths: Sequence[int], new_tokens: int, tokens: int, rows: int
 
 
 RowProcessors = Callable[[list[tuple[int, int]]], list[Any]]  # (prompt index, copy) per row -> LogitsProcessors
-Stopping = Callable[[int], Any]  # a batch's row count -> a fresh stopping criterion (e.g. qalign.answer_stop)
+Stopping = Callable[[int], Any]  # a batch's row count -> a fresh stopping criterion (e.g. qalign.generate.answer_stop)
 
 
 class BatchGenerator:

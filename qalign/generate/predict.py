@@ -2,7 +2,8 @@
 
 The recipe is the one `qalign train predict.yaml` runs (stage sft, do_predict, predict_with_generate): LLaMA-Factory
 parses it, loads tokenizer, template, eval dataset (rendered and cut to cutoff_len exactly as do_predict renders it)
-and model (adapters merged), and builds the same `generate` keywords. Only the batching differs (qalign.generation):
+and model (adapters merged), and builds the same `generate` keywords. Only the batching differs
+(qalign.generate.engine):
 `do_predict` runs fixed batches of per_device_eval_batch_size in file order. The output is LLaMA-Factory's
 `generated_predictions.jsonl` ({prompt, predict, label}) plus each row's `id`, and `predict_results.json`.
 
@@ -22,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qalign.answer_stop import answer_stop
 from qalign.errors import QalignError
-from qalign.generation import BatchGenerator, BatchLimits
+from qalign.generate.answer_stop import answer_stop
+from qalign.generate.engine import BatchGenerator, BatchLimits
 from qalign.io import atomic_write_json, atomic_write_jsonl
 from qalign.overrides import read_recipe
 
@@ -64,7 +65,7 @@ def run_predict(args: dict[str, Any]) -> dict[str, Any]:
 def _llamafactory_predict(args: dict[str, Any]) -> dict[str, Any]:
     from llamafactory.train.tuner import run_exp
 
-    from qalign.register import register_all
+    from qalign.lf.register import register_all
 
     register_all()
     started = time.perf_counter()
@@ -139,7 +140,7 @@ def generation_kwargs(generating_args: Any, tokenizer: Any) -> dict[str, Any]:
 
 def _row_ids(data_args: Any, count: int) -> list[str | None]:
     """Each eval row's `id` (None where a row has none); LLaMA-Factory must have kept every row to pair them."""
-    from qalign.lf_datasets import registered_rows
+    from qalign.lf.datasets import registered_rows
 
     try:
         rows = registered_rows(data_args.eval_dataset, data_args.dataset_dir, data_args.max_samples, "qalign predict")

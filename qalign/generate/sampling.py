@@ -182,8 +182,8 @@ class Sampler:
     def __init__(self, config: SamplingConfig, keep_think: bool = False) -> None:
         # LLaMA-Factory's INFO logs would bury the progress bar and the summary; LLAMAFACTORY_VERBOSITY=INFO shows them
         os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
-        from qalign.generation import BatchGenerator, BatchLimits
-        from qalign.inference import InferenceSetup
+        from qalign.generate.engine import BatchGenerator, BatchLimits
+        from qalign.lf.inference import InferenceSetup
 
         args: dict[str, Any] = {"model_name_or_path": config.model, "template": config.template,
                                 "finetuning_type": "lora"}
@@ -236,7 +236,7 @@ class Sampler:
         return [[self._decode(ids) for ids in rows] for rows in outputs]
 
     def _decode(self, ids: list[int]) -> str:
-        from qalign.generation import cut_at_stop
+        from qalign.generate.engine import cut_at_stop
 
         ids = cut_at_stop(ids, self.stop_ids)
         if self.drop_ids is None:

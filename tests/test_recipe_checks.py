@@ -13,7 +13,7 @@ import pytest
 
 from qalign.converters.kto_weights import resolve_auto_weights
 from qalign.errors import QalignError
-from qalign.train_args import check_recipe_argv, check_train_config
+from qalign.lf.recipe_checks import check_recipe_argv, check_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 # LLaMA-Factory recipes only: study files (study, study-*, pipeline) and sweep grids (*sweep*) are qalign's own
