@@ -216,3 +216,17 @@ def test_steps_get_expandable_segments_unless_the_user_chose(monkeypatch, tmp_pa
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
     procs.run_in_subprocess(["eval", "--help"], tmp_path / "b.log")
     assert seen == ["expandable_segments:True", "max_split_size_mb:128"]
+
+
+def test_the_step_with_the_heaviest_chain_below_starts_first(monkeypatch, tmp_path: Path) -> None:
+    """Room for one GPU step at a time: the mining step (a DPO run waits on it) goes before the earlier predict."""
+    spans = _fake(monkeypatch, peak=30 * GIB, seconds=0.05)
+    done = tmp_path / "done"
+    predict, mine = ["predict", "p.yaml"], ["convert", "preference", "--input", "x"]
+    steps = [Step("sft", TRAIN, done / "sft"), Step("predict sft", predict, done / "p", needs=("sft",)),
+             Step("mine", mine, done / "m", needs=("sft",)), Step("dpo", TRAIN, done / "d", needs=("mine",))]
+    assert runner.heavy_chains(steps) == {"sft": 3, "predict sft": 0, "mine": 2, "dpo": 1}
+    results = run_steps(steps, tmp_path / "out", jobs="auto", echo=lambda _: None,
+                        gpu=GpuBudget(free=lambda: 40 * GIB, slots=4), poll=0.02)
+    assert all(r.state == "ran" for r in results.values())
+    assert spans["mine"][0][0] < spans["predict sft"][0][0], spans

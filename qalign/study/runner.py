@@ -14,6 +14,9 @@ log kept as `*.oom.log`: the first time with its need raised to RAISE x the larg
 reached (`... re-queued, now needing X GiB`), so it waits until that much is free but keeps company (on an H200 two
 GRPO runs re-queued to run alone serialised the rest of a study for 7 minutes); the second time to run alone, once
 nothing else runs and with no other step started beside it. Running out of memory alone is a failure.
+Side by side, ready steps start heaviest chain first: the step with the most training and mining steps still
+waiting below it (then plan order), so a mining step that unlocks DPO and KTO runs goes before a predict that
+unlocks only an eval.
 Each step's record (OUTPUT/steps/NAME.json) keeps its seconds and its process's peak GPU memory (`peak_gpu_bytes`,
 reserved; `peak_allocated_bytes`, what its tensors used).
 """
@@ -31,7 +34,7 @@ from pathlib import Path
 
 from qalign.errors import QalignError
 from qalign.io import atomic_write_json
-from qalign.study.gpu_budget import GIB, GpuBudget, detect, read_peak
+from qalign.study.gpu_budget import GIB, GpuBudget, detect, read_peak, step_kind
 from qalign.study.plan import Step, step_dependencies
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
@@ -150,6 +153,22 @@ def _blocked_by(step: Step, results: dict[str, StepResult]) -> StepResult | None
     return None
 
 
+HEAVY_KINDS = ("train", "mine", "teach")  # the steps that take minutes on a GPU; predict and the rest take seconds
+
+
+def heavy_chains(steps: list[Step]) -> dict[str, int]:
+    """Per step, the most heavy steps (HEAVY_KINDS) on one path from it (itself included) to the plan's end."""
+    below: dict[str, list[str]] = {step.name: [] for step in steps}
+    for step in steps:
+        for need in step.needs:
+            below.setdefault(need, []).append(step.name)
+    heavy = {step.name: int(step_kind(step.argv) in HEAVY_KINDS) for step in steps}
+    chain: dict[str, int] = {}
+    for name in reversed(list(TopologicalSorter({s.name: s.needs for s in steps}).static_order())):
+        chain[name] = heavy.get(name, 0) + max((chain[child] for child in below.get(name, ())), default=0)
+    return chain
+
+
 def run_steps(
     steps: list[Step], output: Path, *, force: bool = False, dry_run: bool = False, jobs: int | str = 1,
     echo=print, gpu: GpuBudget | None = None, poll: float = POLL_SECONDS,
@@ -178,6 +197,7 @@ def run_steps(
         circle = set(exc.args[1])
         raise ValueError(f"steps wait on each other: {', '.join(s.name for s in steps if s.name in circle)}") from None
     by_name = {step.name: (index, step) for index, step in enumerate(steps, start=1)}
+    chain = heavy_chains(steps)
     eligible: list[tuple[int, Step]] = []  # needs finished, not settled yet: in plan order
     running: dict[Future, _Running] = {}
     ready: list[tuple[int, Step]] = []  # settled, to run: waiting for memory (or, in a full pass, a slot)
@@ -244,8 +264,8 @@ def run_steps(
         running[pool.submit(_execute, step, log)] = _Running(index, step, log, time.time(), need)
 
     def launch() -> None:
-        """Start what may start: a re-queued step alone on an idle GPU (nothing beside it), else ready steps in
-        plan order while their memory is free."""
+        """Start what may start: a re-queued step alone on an idle GPU (nothing beside it), else ready steps,
+        heaviest chain first, while their memory is free."""
         if any(run.step.name in retried for run in running.values()):
             return  # a re-queued step runs alone
         if requeued:  # nothing new starts until the GPU is idle for it
@@ -253,7 +273,7 @@ def run_steps(
                 index, step = requeued.pop(0)
                 start(index, step, need_of(step))
             return
-        for index, step in list(ready):
+        for index, step in sorted(ready, key=lambda item: (-chain[item[1].name], item[0])):
             need = need_of(step)
             committed = sum(run.need for run in running.values())
             idle = not any(run.need for run in running.values())
@@ -333,7 +353,8 @@ def run_steps(
                 take_ready()
             else:
                 ready.append(item)
-                launch()  # at once when it may: the lines come in the order they always did
+                if budget is None:
+                    launch()  # at once when it may: the lines come in the order they always did
         return progress
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
