@@ -2,6 +2,7 @@
 study step is), then as N jobs of one warm worker (qalign.study.warm, what the study runner does by default).
 
   python bench/warm_predict_bench.py [--model models/smollm2-135m-instruct] [--n 4] [--out /tmp/warm-bench]
+  (from another checkout than the installed one: PYTHONPATH=$PWD, so the workers run this checkout's qalign too)
 
 Uses the bundled sample's 30 dev questions (data/sample/nq-sample.dev.jsonl, top-1 passage) and
 recipes/smollm2-135m/predict.yaml; checks the warm predictions are byte-identical to the cold ones; prints each
@@ -18,12 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from qalign.overrides import read_recipe
+from qalign.study.warm import WarmPool
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from qalign.overrides import read_recipe  # noqa: E402
-from qalign.study.warm import WarmPool  # noqa: E402
-
 QALIGN = [sys.executable, "-m", "qalign.cli"]
 
 

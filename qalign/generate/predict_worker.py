@@ -30,6 +30,9 @@ from qalign.procs import ALLOC_CONF, PEAK_FILE_ENV, write_peak
 # tensor memory still allocated after a job's cleanup above this: something kept the model (the worker retires,
 # since its memory would stay out of the study's budget)
 LEFT_OVER_BYTES = 64 << 20
+# loggers' lru_cache'd "once" methods (module, name): a cold process would print their warnings again
+ONCE_PER_PROCESS = (("llamafactory.extras.logging", "warning_rank0_once"),
+                    ("transformers.utils.logging", "warning_once"), ("transformers.utils.logging", "info_once"))
 
 
 def prepare() -> None:
@@ -105,10 +108,10 @@ def reset_state() -> None:
     accelerate_state = sys.modules.get("accelerate.state")
     if accelerate_state is not None:  # TrainingArguments set it up for this job's device; the next sets its own
         accelerate_state.AcceleratorState._reset_state(reset_partial_state=True)  # noqa: SLF001
-    lf_logging = sys.modules.get("llamafactory.extras.logging")
-    once = getattr(lf_logging, "warning_rank0_once", None)
-    if hasattr(once, "cache_clear"):  # the next job's log gets its once-per-process warnings too
-        once.cache_clear()
+    for module, name in ONCE_PER_PROCESS:  # the next job's log gets its once-per-process warnings too
+        once = getattr(sys.modules.get(module), name, None)
+        if hasattr(once, "cache_clear"):
+            once.cache_clear()
 
 
 def release() -> bool:
