@@ -19,6 +19,8 @@ waiting below it (then plan order), so a mining step that unlocks DPO and KTO ru
 unlocks only an eval.
 Each step's record (OUTPUT/steps/NAME.json) keeps its seconds and its process's peak GPU memory (`peak_gpu_bytes`,
 reserved; `peak_allocated_bytes`, what its tensors used).
+Predict steps run in warm worker processes that imported everything once (qalign.study.warm), the others in a fresh
+process each; `--cold` (or QALIGN_COLD_STEPS=1) runs every step fresh.
 """
 
 from __future__ import annotations
