@@ -44,7 +44,8 @@ def peak_gpu_bytes(allocated: bool = False) -> int:
     return max(peak(device) for device in range(torch.cuda.device_count()))
 
 
-def _write_peak(path: str) -> None:
+def write_peak(path: str | Path) -> None:
+    """Write this process's peak GPU memory (reserved and allocated) to PATH as JSON, atomically."""
     from qalign.io import atomic_write_json
 
     try:
@@ -58,4 +59,4 @@ def record_peak_at_exit() -> None:
     """When `QALIGN_PEAK_FILE` is set (the study runner sets it per step), write the peak there at exit."""
     path = os.environ.get(PEAK_FILE_ENV)
     if path:
-        atexit.register(_write_peak, path)
+        atexit.register(write_peak, path)

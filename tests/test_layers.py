@@ -25,7 +25,8 @@ LAYERS = [
                                                     "qalign.generate.answer_stop"}),
     ("data, samplers, models and the GRPO stage", {"qalign.converters", "qalign.generate", "qalign.grpo",
                                                    "qalign.awq", "qalign.models"}),
-    ("the LLaMA-Factory patch and what needs it", {"qalign.lf", "qalign.generate.predict"}),
+    ("the LLaMA-Factory patch and what needs it", {"qalign.lf", "qalign.generate.predict",
+                                                   "qalign.generate.predict_worker"}),
     ("the study", {"qalign.study"}),
     ("the front door", {"qalign.cli"}),
 ]

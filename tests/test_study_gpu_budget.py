@@ -230,3 +230,20 @@ def test_the_step_with_the_heaviest_chain_below_starts_first(monkeypatch, tmp_pa
                         gpu=GpuBudget(free=lambda: 40 * GIB, slots=4), poll=0.02)
     assert all(r.state == "ran" for r in results.values())
     assert spans["mine"][0][0] < spans["predict sft"][0][0], spans
+
+
+def test_our_warm_workers_are_not_someone_elses_gpu_job(monkeypatch) -> None:
+    """An idle warm predict worker keeps a CUDA context: nvidia-smi lists it, but it is not another job's process."""
+    import subprocess
+
+    listed = {"pids": ""}
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=listed["pids"]))
+    budget = GpuBudget(free=lambda: 10 * GIB, slots=1)
+    budget.ours = lambda: frozenset({101})
+    assert not budget.busy()
+    listed["pids"] = "101\n"
+    assert not budget.busy()
+    listed["pids"] = "101\n202\n"
+    assert budget.busy()
+    listed["pids"] = "[N/A]\n"  # a process nvidia-smi cannot name is someone's
+    assert budget.busy()

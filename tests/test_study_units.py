@@ -379,3 +379,35 @@ def test_report_marks_runs_that_did_not_learn_and_claims_only_what_every_seed_ho
     first = saved["claims"][0]
     assert first["method"] == "sft" and first["per_seed"] == pytest.approx([0.4, 0.3, 0.5])
     assert [r["training"] for r in saved["rows"][:2]] == [None, "learned"]
+
+
+def test_predict_steps_go_to_warm_workers_unless_cold(monkeypatch, tmp_path: Path) -> None:
+    """run_steps hands predict steps a warm pool (qalign.study.warm) for its run; --cold or QALIGN_COLD_STEPS=1 not."""
+    import argparse
+
+    from qalign.study import runner
+    from qalign.study.runner import add_run_options
+    from qalign.study.warm import takes
+
+    seen: list[bool] = []
+
+    def execute(step: Step, log: Path) -> int:
+        seen.append(runner._warm is not None)  # noqa: SLF001 - the pool _execute would use
+        step.done.parent.mkdir(parents=True, exist_ok=True)
+        step.done.write_text("done")
+        return 0
+
+    monkeypatch.setattr(runner, "_execute", execute)
+    monkeypatch.delenv("QALIGN_COLD_STEPS", raising=False)
+    for name, cold in (("warm", False), ("cold", True)):
+        step = Step(name, ["predict", "r.yaml"], tmp_path / name / "done")
+        assert run_steps([step], tmp_path / name, echo=lambda _: None, cold=cold)[name].state == "ran"
+    monkeypatch.setenv("QALIGN_COLD_STEPS", "1")
+    assert run_steps([Step("env", ["predict", "r.yaml"], tmp_path / "env/done")], tmp_path / "env",
+                     echo=lambda _: None)["env"].state == "ran"
+    assert seen == [True, False, False] and runner._warm is None  # noqa: SLF001 - closed with its run
+    assert takes(["predict", "r.yaml"]) and takes(["predict", "r.yaml", "max_new_tokens=4"])
+    assert not takes(["predict", "--help"]) and not takes(["train", "r.yaml"]) and not takes(["predict"])
+    parser = argparse.ArgumentParser()
+    add_run_options(parser)
+    assert parser.parse_args(["--cold"]).cold and not parser.parse_args([]).cold

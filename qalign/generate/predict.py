@@ -152,14 +152,19 @@ def _row_ids(data_args: Any, count: int) -> list[str | None]:
     return [None if record.get("id") in (None, "") else str(record["id"]) for _, record, _ in rows]
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+def predict_command(recipe_path: str, overrides: list[str]) -> int:
+    """`qalign predict RECIPE [key=value ...]` (also what a warm worker, qalign.generate.predict_worker, runs)."""
     os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")  # keep the progress bar readable
-    recipe = read_recipe(args.recipe, args.overrides)
+    recipe = read_recipe(recipe_path, overrides)
     try:
         run_predict(recipe)
     except ValueError as exc:  # LLaMA-Factory's argument errors
-        raise QalignError(f"{args.recipe}: {exc}") from None
+        raise QalignError(f"{recipe_path}: {exc}") from None
     return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    return predict_command(args.recipe, args.overrides)
 
 
 def add_predict_parser(sub: Any) -> None:

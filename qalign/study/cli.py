@@ -40,7 +40,8 @@ def _as_given(args: argparse.Namespace) -> list[str]:
                         ("--cot-teacher", args.cot_teacher)):
         if value:
             given += [flag, value]
-    return given + (["--jobs", str(args.jobs)] if args.jobs != "auto" else []) + (["--force"] if args.force else [])
+    given += ["--jobs", str(args.jobs)] if args.jobs != "auto" else []
+    return given + (["--force"] if args.force else []) + (["--cold"] if args.cold else [])
 
 
 def run_study(args: argparse.Namespace) -> int:
@@ -52,7 +53,7 @@ def run_study(args: argparse.Namespace) -> int:
     print(f"study {cfg.name}: {len(steps)} steps, methods {', '.join(cfg.methods)}, seeds "
           f"{', '.join(map(str, cfg.seeds))}; output {cfg.output}", flush=True)
     results = run_steps(steps, cfg.output, force=args.force, dry_run=args.dry_run, jobs=args.jobs,
-                        echo=lambda line: print(line, flush=True))
+                        cold=args.cold, echo=lambda line: print(line, flush=True))
     if args.dry_run:
         return 0
     report = write_report(cfg, steps, results, _as_given(args))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 GIB = 1 << 30
@@ -69,16 +69,17 @@ def nvidia_smi_free() -> int | None:
         return None
 
 
-def nvidia_smi_busy() -> bool:
+def nvidia_smi_busy(ignore: Collection[int] = ()) -> bool:
     """Whether some process computes on the first visible GPU now: another runner's steps or someone else's job
-    (asked after a step died, so the step itself is gone)."""
+    (asked after a step died, so the step itself is gone); IGNORE: our own idle warm workers' process ids."""
     gpu = _first_visible_gpu()
     try:
         out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader", "-i", gpu],
                              capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return False
-    return bool(out.strip())
+    pids = [line.strip() for line in out.splitlines() if line.strip()]
+    return any(not (pid.isdigit() and int(pid) in ignore) for pid in pids)
 
 
 def cpu_slots() -> int:
@@ -93,8 +94,10 @@ class GpuBudget:
     """Which ready step may start now, from free memory and the needs of the steps already running."""
 
     def __init__(self, free: Callable[[], int | None] = nvidia_smi_free, slots: int | None = None,
-                 busy: Callable[[], bool] = nvidia_smi_busy) -> None:
-        self.free, self.slots, self.busy = free, slots or cpu_slots(), busy
+                 busy: Callable[[], bool] | None = None) -> None:
+        self.free, self.slots = free, slots or cpu_slots()
+        self.ours: Callable[[], Collection[int]] = frozenset  # the runner's warm workers (qalign.study.warm)
+        self.busy = busy or (lambda: nvidia_smi_busy(self.ours()))
         self.measured: dict[str, int] = {}  # peak_key -> largest peak seen (records and this run)
         self.baseline: int | None = None  # free memory when none of our steps ran
         self.last_room: int | None = None  # what the last `fits` found free (for the runner's waiting line)

@@ -19,6 +19,8 @@ waiting below it (then plan order), so a mining step that unlocks DPO and KTO ru
 unlocks only an eval.
 Each step's record (OUTPUT/steps/NAME.json) keeps its seconds and its process's peak GPU memory (`peak_gpu_bytes`,
 reserved; `peak_allocated_bytes`, what its tensors used).
+Predict steps run in warm worker processes that imported everything once (qalign.study.warm), the others in a fresh
+process each; `--cold` (or QALIGN_COLD_STEPS=1) runs every step fresh.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
+from qalign.env import env_flag
 from qalign.errors import QalignError
 from qalign.io import atomic_write_json
 from qalign.study.gpu_budget import GIB, GpuBudget, detect, read_peak, step_kind
 from qalign.study.plan import Step, step_dependencies
+from qalign.study.warm import COLD_ENV, WarmPool, takes
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 _OOM = re.compile(r"CUDA out of memory|OutOfMemoryError")
@@ -84,6 +88,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="run up to N steps side by side once the steps they need are done; auto (default): "
                              "as many as the GPU's free memory holds (their measured or estimated peaks, at most "
                              "one per CPU core), one at a time without a GPU")
+    parser.add_argument("--cold", action="store_true",
+                        help="run every step in a fresh process (default: predict steps reuse warm worker "
+                             f"processes that imported everything already; also {COLD_ENV}=1)")
 
 
 def slug(name: str) -> str:
@@ -139,10 +146,21 @@ def _out_of_memory(log: Path) -> bool:
     return bool(_OOM.search(_error_line(log)))
 
 
+# the warm predict workers of the run_steps call in progress (None: every step cold); a module global because the
+# tests replace `_execute` by functions of (step, log)
+_warm: WarmPool | None = None
+
+
 def _execute(step: Step, log: Path) -> int:
+    """Run the step's `qalign ...` into LOG: a predict step in a warm worker (unless cold), the rest in a fresh
+    process; the exit code."""
+    header, peak_file = f"$ {command_line(step)}", _peak_file(log)
+    warm = _warm
+    if warm is not None and takes(step.argv):
+        return warm.run(step.argv, log, header=header, peak_file=peak_file)
     from qalign.procs import run_in_subprocess
 
-    return run_in_subprocess(step.argv, log, header=f"$ {command_line(step)}", peak_file=_peak_file(log))
+    return run_in_subprocess(step.argv, log, header=header, peak_file=peak_file)
 
 
 def _blocked_by(step: Step, results: dict[str, StepResult]) -> StepResult | None:
@@ -171,14 +189,15 @@ def heavy_chains(steps: list[Step]) -> dict[str, int]:
 
 def run_steps(
     steps: list[Step], output: Path, *, force: bool = False, dry_run: bool = False, jobs: int | str = 1,
-    echo=print, gpu: GpuBudget | None = None, poll: float = POLL_SECONDS,
+    echo=print, gpu: GpuBudget | None = None, poll: float = POLL_SECONDS, cold: bool = False,
 ) -> dict[str, StepResult]:
     """Run (or, with dry_run, list) every step; return each step's result by name.
 
     With jobs > 1, up to that many steps whose needs have finished run at once, earliest in the plan first: at
     SmolLM2 scale a step is mostly process start and model load (a 300-question predict on the H200: 23 of its
     30 s outside generation, bench/RESULTS.md), time a GPU can spend on another step. jobs="auto" admits them by
-    GPU memory (`gpu`, default: the visible GPU; none visible: one at a time), see the module docstring."""
+    GPU memory (`gpu`, default: the visible GPU; none visible: one at a time), see the module docstring.
+    Predict steps run in warm workers (qalign.study.warm) unless `cold` or QALIGN_COLD_STEPS=1."""
     budget = None
     if jobs == "auto":
         budget = gpu or detect()
@@ -357,20 +376,30 @@ def run_steps(
                     launch()  # at once when it may: the lines come in the order they always did
         return progress
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        take_ready()
-        while sorter.is_active():
-            while settle_pass():
-                pass
-            launch()
-            if not running:  # launch starts a step whenever none runs, so nothing is ready or re-queued
-                break
-            timeout = poll if ready and not requeued else None  # memory may free up outside our steps
-            finished, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
-            for future in finished:
-                run = running.pop(future)
-                finish(run, future.result())
-                if run.step.name in results:  # finished (not re-queued after running out of memory)
-                    sorter.done(run.step.name)
-                    take_ready()
+    global _warm
+    warm = None if cold or dry_run or env_flag(COLD_ENV) else WarmPool(logs / "workers")
+    if warm is not None and budget is not None:
+        budget.ours = warm.pids  # an idle worker's CUDA context is not someone else's job
+    outer, _warm = _warm, warm
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            take_ready()
+            while sorter.is_active():
+                while settle_pass():
+                    pass
+                launch()
+                if not running:  # launch starts a step whenever none runs, so nothing is ready or re-queued
+                    break
+                timeout = poll if ready and not requeued else None  # memory may free up outside our steps
+                finished, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    run = running.pop(future)
+                    finish(run, future.result())
+                    if run.step.name in results:  # finished (not re-queued after running out of memory)
+                        sorter.done(run.step.name)
+                        take_ready()
+    finally:
+        _warm = outer
+        if warm is not None:
+            warm.close()
     return results

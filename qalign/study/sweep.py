@@ -229,7 +229,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(f"sweep {cfg.name}: {len(points)} setting(s) x {len(cfg.seeds)} seed(s), {len(steps)} steps; scored on "
           f"{cfg.val_limit} train-file questions after the first {cfg.train_limit}; output {cfg.output}", flush=True)
     results = run_steps(steps, cfg.output, force=args.force, dry_run=args.dry_run, jobs=args.jobs,
-                        echo=lambda line: print(line, flush=True))
+                        cold=args.cold, echo=lambda line: print(line, flush=True))
     if args.dry_run:
         return 0
     best = best_settings(cfg, points, metric)
