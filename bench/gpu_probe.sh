@@ -21,25 +21,16 @@ out=${OUT:-$work}
   $QALIGN predict recipes/smollm2-135m/predict.yaml eval_dataset=probe_test output_dir=$work/predict bf16=true \
     engine_batch_tokens=262144 > "$work/predict.log" 2>&1
   echo "predict exit $? in $(( ($(date +%s%N) - start) / 1000000 )) ms (process wall, 300 questions)"
+  python3 bench/grpo_timing.py --steps "$work/grpo"
   python3 - "$work" <<'PY'
 import json, sys
 from pathlib import Path
 work = Path(sys.argv[1])
-state = json.loads((work / "grpo/trainer_state.json").read_text())
-keys = ["reward", "timing/rollout_s", "timing/generate_s", "timing/learn_s", "completions/mean_length", "grad_norm"]
-print("| step | " + " | ".join(keys) + " |")
-for row in state["log_history"]:
-    if "step" in row and "reward" in row:
-        print(f"| {row['step']} | " + " | ".join(f"{row.get(k, float('nan')):.3f}" for k in keys) + " |")
-summary = state["log_history"][-1]
-print("train_runtime", summary.get("train_runtime"), "s for", state.get("global_step"), "steps")
 for dump in sorted((work / "grpo").glob("nonfinite_step_*.json")):
     print("==", dump.name)
-    data = json.loads(dump.read_text())
-    for record in data.get("micro_batches", data if isinstance(data, list) else []):
-        if isinstance(record, dict):
-            print({k: v for k, v in record.items() if k not in ("prompt_lengths", "completion_tokens_kept",
-                                                                 "input_ids", "token_ids")})
+    for record in json.loads(dump.read_text())["micro_batches"]:
+        print({k: v for k, v in record.items() if k not in ("prompt_lengths", "completion_tokens_kept",
+                                                             "completion_ids", "prompt_tail_ids")})
 print("predict", (work / "predict/predict_results.json").read_text())
 PY
   echo "== SDPA on fully-masked (left-pad) query rows, per backend and dtype (bench/sdpa_masked_rows.py)"

@@ -29,6 +29,15 @@ def override_args(*layers: dict[str, Any]) -> list[str]:
     return [f"{key}={override_value(value)}" for key, value in merged.items()]
 
 
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, mappings merged key by key at every depth (study files, sweeps, overrides files)."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = deep_merge(out[key], value) if both else value
+    return out
+
+
 def _load(path: Path) -> Any:
     """The recipe file as OmegaConf loads it (LLaMA-Factory's read_args: OmegaConf.load, or json for .json)."""
     from omegaconf import OmegaConf

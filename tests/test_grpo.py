@@ -230,6 +230,34 @@ def test_grpo_trains_through_qalign_train(tiny_qwen3: Path, tmp_path: Path) -> N
     assert lora_b and sum(lora_b) > 0, "GRPO never updated the adapter (LoRA B starts at zero)"
 
 
+@pytest.mark.slow
+def test_the_micro_batch_split_leaves_rollouts_and_updates_unchanged(tiny_qwen3: Path, tmp_path: Path) -> None:
+    """One rollout of 8 completions learned from as 4 micro-batches of 2 or as one of 8: TRL generates the whole
+    batch at once and the DAPO loss divides by the batch's completion tokens, so the rewards are the same and
+    Adam's step is the same (the gradient differs only by the accumulation factor, which Adam normalises away):
+    fewer, larger learning passes are a free speed-up (bench/RESULTS.md, 2026-12-06: 8 passes were ~40 % of a
+    step)."""
+    from safetensors.torch import load_file
+
+    _write_dataset(tmp_path, answers=["e"])
+    runs = {}
+    for name, (rows, accumulation) in {"4x2": (2, 4), "1x8": (8, 1)}.items():
+        _run([*QALIGN, "train", RECIPE, *_tiny(tiny_qwen3, f"out/{name}"), "max_steps=2", "num_generations=4",
+              f"per_device_train_batch_size={rows}", f"gradient_accumulation_steps={accumulation}",
+              "max_completion_length=8", "learning_rate=1e-2", "reward_funcs=subem,format", "seed=7",
+              "mask_truncated_completions=false"], cwd=tmp_path)
+        history = json.loads((tmp_path / f"out/{name}/trainer_state.json").read_text())["log_history"]
+        runs[name] = ([row["reward"] for row in history if "reward" in row],
+                      load_file(tmp_path / f"out/{name}/adapter_model.safetensors"))
+    (rewards_a, adapter_a), (rewards_b, adapter_b) = runs["4x2"], runs["1x8"]
+    assert len(rewards_a) == 2 and rewards_a == pytest.approx(rewards_b, abs=1e-6)
+    assert adapter_a.keys() == adapter_b.keys()
+    import torch
+
+    for key, tensor in adapter_a.items():
+        assert torch.allclose(tensor, adapter_b[key], rtol=1e-3, atol=1e-5), key
+
+
 def test_launcher_command_names_the_qalign_worker(monkeypatch) -> None:
     register_all()
     import llamafactory.launcher as launcher

@@ -27,3 +27,13 @@ def test_apply_dotlist_sets_nested_keys_and_replaces_values() -> None:
 def test_apply_dotlist_errors_say_what_to_write(assignment: str, message: str) -> None:
     with pytest.raises(QalignError, match=message):
         apply_dotlist({"top_k": 5}, [assignment])
+
+
+def test_deep_merge_merges_mappings_at_every_depth_and_replaces_the_rest() -> None:
+    from qalign.overrides import deep_merge
+
+    base = {"sft": {"max_steps": 200, "predict": {"max_new_tokens": 32, "top_p": 1.0}}, "seeds": [1, 2]}
+    over = {"sft": {"predict": {"max_new_tokens": 256}}, "seeds": [3], "dpo": {"pref_ftx": 0.5}}
+    assert deep_merge(base, over) == {"sft": {"max_steps": 200, "predict": {"max_new_tokens": 256, "top_p": 1.0}},
+                                      "seeds": [3], "dpo": {"pref_ftx": 0.5}}
+    assert base["sft"]["predict"]["max_new_tokens"] == 32  # the inputs stay as they were

@@ -14,7 +14,7 @@ from typing import Any
 import qalign
 from qalign.errors import QalignError, checked_number
 from qalign.io import read_yaml_mapping
-from qalign.overrides import apply_dotlist
+from qalign.overrides import apply_dotlist, deep_merge
 
 METHODS = ("sft", "dpo", "orpo", "kto", "grpo", "cot")
 RECIPE_FILE = {"sft": "sft.yaml", "cot": "sft.yaml", "dpo": "dpo.yaml", "orpo": "orpo.yaml", "kto": "kto.yaml",
@@ -268,8 +268,8 @@ def merge_overrides(base: Any, path: str | Path) -> dict[str, Any]:
     where = f"{path}: overrides"
     merged = dict(_mapping(base, "overrides", "study file"))
     for method, keys in _mapping(extra["overrides"], "overrides", str(path)).items():
-        merged[method] = {**_mapping(merged.get(method), f"overrides.{method}", "study file"),
-                          **_mapping(keys, method, where)}
+        merged[method] = deep_merge(_mapping(merged.get(method), f"overrides.{method}", "study file"),
+                                    _mapping(keys, method, where))
     return merged
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from qalign.errors import QalignError
 from qalign.io import atomic_write_text, read_yaml_mapping
-from qalign.overrides import apply_dotlist, override_value
+from qalign.overrides import apply_dotlist, deep_merge, override_value
 
 TABLE_FILE = "sweep.md"
 BEST_FILE = "best.yaml"
@@ -60,15 +60,6 @@ def grid_points(grid: Any, where: str) -> list[Point]:
     return points
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`over` on top of `base`, mappings merged key by key at every depth."""
-    out = dict(base)
-    for key, value in over.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merge(out[key], value) if both else value
-    return out
-
-
 def load_sweep(path: str | Path, assignments: list[str] | None = None, *, seeds: list[int] | None = None,
                output: str | None = None) -> tuple[Any, list[Point], str]:
     """The sweep's study config (scored on its validation slice), its grid points and the metric it maximises."""
@@ -86,7 +77,7 @@ def load_sweep(path: str | Path, assignments: list[str] | None = None, *, seeds:
     if study_file:
         beside = path.parent / str(study_file)
         base = read_yaml(beside if beside.is_file() else _resolve(str(study_file)))
-    merged = _merge(base, {k: v for k, v in spec.items() if k not in _SWEEP_KEYS})
+    merged = deep_merge(base, {k: v for k, v in spec.items() if k not in _SWEEP_KEYS})
     if "name" not in spec and merged.get("name"):
         merged["name"] = f"{merged['name']}-sweep"  # its own datasets and folder, apart from the study's
     merged.setdefault("test", merged.get("train"))  # never read: a sweep is scored on its validation slice
