@@ -222,5 +222,5 @@ def test_a_study_hands_full_determinism_to_every_training_run() -> None:
     cfg = build_config({"name": "u", "model": "m", "template": "smollm2", "recipes": "recipes/smollm2-135m",
                         "train": "a", "test": "b", "methods": ["sft", "dpo"], "train_args": {"full_determinism": True}})
     trains = [step for step in build_plan(cfg) if step.name.startswith("train ")]
-    assert trains and all("full_determinism=true" in step.argv for step in trains)
+    assert trains and all(step.recipe.keys["full_determinism"] is True for step in trains)  # in each recipe file
     assert "full_determinism" in llamafactory_fields()  # a key `qalign train` accepts (HF TrainingArguments)

@@ -143,14 +143,15 @@ def test_study_plan_with_self_teacher(tmp_path: Path, monkeypatch) -> None:
     assert steps["data cot"].needs == ("teach",) and "data/u_teacher.jsonl" in steps["data cot"].argv
     assert steps["train cot-s42"].needs == ("data cot",)
     # base_model_cot: the base model with the think prompt, no training, scored like every run (<think> stripped)
-    assert "eval_dataset=u_test_cot" in steps["predict base_cot"].argv and "eval base_cot" in steps
-    assert not any("adapter_name_or_path" in arg for arg in steps["predict base_cot"].argv)
+    base_cot = steps["predict base_cot"].recipe.keys  # the keys its recipe file gets on top of predict.yaml
+    assert base_cot["eval_dataset"] == "u_test_cot" and "eval base_cot" in steps
+    assert "adapter_name_or_path" not in base_cot
 
     sft = build_config({**BASE, "cot_teacher": "self", "from_sft": ["cot"]})
     steps = {step.name: step for step in build_plan(sft)}
     assert "teach" not in steps and steps["teach_sft-s42"].needs == ("train sft-s42",)
     assert "--adapter" in steps["teach_sft-s42"].argv and steps["data cot_sft-s42"].needs == ("teach_sft-s42",)
-    assert "dataset=u_cot_sft-s42" in steps["train cot-s42"].argv and sft.label("cot") == "cot (sft teacher)"
+    assert steps["train cot-s42"].recipe.keys["dataset"] == "u_cot_sft-s42" and sft.label("cot") == "cot (sft teacher)"
     assert not any(a.startswith("adapter_name_or_path") for a in steps["train cot-s42"].argv)  # trains from base
 
     endpoint = build_config({**BASE, "cot_teacher": {"url": "http://127.0.0.1:9/v1", "served_model": "big"}})
