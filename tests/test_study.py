@@ -30,6 +30,20 @@ def write_raw(path: Path, n: int, offset: int = 0) -> None:
                                      "ctxs": [{"title": country.title(), "text": f"{city} is the capital."}]}) + "\n")
 
 
+def write_tiny_study(folder: Path, model: Path, name: str, max_steps: int) -> None:
+    """FOLDER/{train,test}.jsonl and study.yaml: SFT of the tiny model on 12 questions, scored on 6 (CPU, seconds)."""
+    folder.mkdir(parents=True)
+    write_raw(folder / "train.jsonl", 12)
+    write_raw(folder / "test.jsonl", 6, offset=100)
+    (folder / "study.yaml").write_text(yaml.safe_dump({
+        "name": name, "model": str(model), "template": "qwen3_nothink", "recipes": str(REPO / "recipes/smollm2-135m"),
+        "train": "train.jsonl", "test": "test.jsonl", "top_k": 1, "methods": ["sft"], "seeds": [1],
+        "bootstrap": {"samples": 100, "seed": 0},
+        "train_args": {"cutoff_len": 256, "max_steps": max_steps, "logging_steps": 1, "per_device_train_batch_size": 4,
+                       "learning_rate": 1.0e-2, "use_cpu": True},
+        "predict_args": {"cutoff_len": 256, "max_new_tokens": 6}}))
+
+
 def second_method() -> str | None:
     """A real second method whose recipe (and data converter) exists now: dpo if the miner is there, else grpo."""
     from qalign.converters.cli import SUBCOMMANDS

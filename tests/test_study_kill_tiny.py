@@ -17,10 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import REPO
-from tests.test_study import write_raw
+from tests.test_study import write_tiny_study
 
 pytestmark = pytest.mark.slow  # 11 studies of 8 steps on the tiny model (5 min 51 s on 2 idle cores)
 
@@ -29,16 +27,7 @@ QALIGN = [sys.executable, "-m", "qalign.cli"]
 
 
 def _template(folder: Path, model: Path) -> None:
-    folder.mkdir(parents=True)
-    write_raw(folder / "train.jsonl", 12)
-    write_raw(folder / "test.jsonl", 6, offset=100)
-    (folder / "study.yaml").write_text(yaml.safe_dump({
-        "name": "kt", "model": str(model), "template": "qwen3_nothink", "recipes": str(REPO / "recipes/smollm2-135m"),
-        "train": "train.jsonl", "test": "test.jsonl", "top_k": 1, "methods": ["sft"], "seeds": [1],
-        "bootstrap": {"samples": 100, "seed": 0},
-        "train_args": {"cutoff_len": 256, "max_steps": 3, "logging_steps": 1, "per_device_train_batch_size": 4,
-                       "learning_rate": 1.0e-2, "use_cpu": True},
-        "predict_args": {"cutoff_len": 256, "max_new_tokens": 6}}))
+    write_tiny_study(folder, model, "kt", max_steps=3)
 
 
 def _start(folder: Path) -> subprocess.Popen:

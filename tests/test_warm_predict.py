@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.test_study import write_raw
+from tests.test_study import write_raw, write_tiny_study
 
 pytestmark = pytest.mark.slow  # cold processes and workers that import LLaMA-Factory (~1.5 min on 2 cores)
 
@@ -163,16 +163,7 @@ def test_a_worker_killed_mid_step_fails_that_step_and_the_next_gets_a_new_one(co
 
 
 def _study(folder: Path, model: Path) -> None:
-    folder.mkdir(parents=True)
-    write_raw(folder / "train.jsonl", 12)
-    write_raw(folder / "test.jsonl", 6, offset=100)
-    (folder / "study.yaml").write_text(yaml.safe_dump({
-        "name": "wm", "model": str(model), "template": "qwen3_nothink", "recipes": str(REPO / "recipes/smollm2-135m"),
-        "train": "train.jsonl", "test": "test.jsonl", "top_k": 1, "methods": ["sft"], "seeds": [1],
-        "bootstrap": {"samples": 100, "seed": 0},
-        "train_args": {"cutoff_len": 256, "max_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 4,
-                       "learning_rate": 1.0e-2, "use_cpu": True},
-        "predict_args": {"cutoff_len": 256, "max_new_tokens": 6}}))
+    write_tiny_study(folder, model, "wm", max_steps=2)
 
 
 def test_a_study_reports_the_same_numbers_warm_and_cold(tiny_qwen3: Path, tmp_path: Path) -> None:
