@@ -17,12 +17,18 @@ PEAK_FILE_ENV = "QALIGN_PEAK_FILE"  # where a qalign process writes {"peak_gpu_b
 ALLOC_CONF = ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
+def child_env() -> dict[str, str]:
+    """The environment a study step's process gets: ours, with the allocator setting (ALLOC_CONF) unless set."""
+    env = {**os.environ}
+    env.setdefault(*ALLOC_CONF)
+    return env
+
+
 def run_in_subprocess(args: list[str], log: Path, header: str = "", peak_file: Path | None = None) -> int:
     """Run `qalign ARGS` in a fresh process (LLaMA-Factory state does not leak between runs), output to LOG;
     with `peak_file`, the process writes its peak GPU memory there at exit."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ}
-    env.setdefault(*ALLOC_CONF)
+    env = child_env()
     if peak_file is not None:
         peak_file.unlink(missing_ok=True)  # a stale file from an earlier run is not this run's measurement
         env[PEAK_FILE_ENV] = str(peak_file)

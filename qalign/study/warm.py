@@ -12,13 +12,12 @@ measurement. Each worker's own output between jobs (import warnings, a crash) go
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from qalign.procs import ALLOC_CONF, PEAK_FILE_ENV
+from qalign.procs import PEAK_FILE_ENV, child_env
 
 WORKER_MODULE = "qalign.generate.predict_worker"
 COLD_ENV = "QALIGN_COLD_STEPS"  # 1: every study step is a fresh process (qalign.env.env_flag spellings)
@@ -34,8 +33,7 @@ class PredictWorker:
     """One `qalign.generate.predict_worker` process and its pipes."""
 
     def __init__(self, stderr_log: Path) -> None:
-        env = {**os.environ}
-        env.setdefault(*ALLOC_CONF)  # what a cold step gets (qalign.procs.run_in_subprocess)
+        env = child_env()  # what a cold step gets (qalign.procs.run_in_subprocess)
         env.pop(PEAK_FILE_ENV, None)  # peaks come per job, in the job's peak_file
         stderr_log.parent.mkdir(parents=True, exist_ok=True)
         with stderr_log.open("w", encoding="utf-8") as stderr:  # the child keeps its own descriptor
